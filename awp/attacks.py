@@ -1,0 +1,208 @@
+"""Input attacks as pure functions on tensors: PGD (Eq. 14, Madry et al.) and FGSM (Eq. 13), L-inf and L2.
+
+Inputs are pixels in [0, 1] (the model owns normalization). Adversarial examples always stay in [0, 1]
+and inside the eps-ball. Gradients are taken with `torch.autograd.grad` with respect to the input only,
+so parameter `.grad` is never touched; one forward and one backward per step, no per-example Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from awp.errors import UserError
+
+# A loss maps (logits [B, C], target) to per-example losses [B]; the target is labels [B] for
+# cross-entropy and margin losses, or natural-example probabilities [B, C] for TRADES' KL (Eq. 16).
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-example cross-entropy, the adversarial loss of Eq. 1 / Eq. 5."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def kl_from_natural(logits_adv: Tensor, p_nat: Tensor) -> Tensor:
+    """Per-example KL(p_nat || softmax(logits_adv)), the TRADES inner objective (Eq. 2, Eq. 16)."""
+    log_p_adv = F.log_softmax(logits_adv, dim=1)
+    return F.kl_div(log_p_adv, p_nat, reduction="none").sum(dim=1)
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-example CW margin max_{k != y} z_k - z_y (positive where misclassified)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return other.amax(dim=1) - z_y
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "kl": kl_from_natural, "margin": margin}
+
+
+# ---------------------------------------------------------------------------------------------
+# Threat models: random start, ascent step and projection per norm (a registry, not if-chains)
+# ---------------------------------------------------------------------------------------------
+
+
+class ThreatModel(Protocol):
+    def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor: ...
+    def ascend(self, grad: Tensor, step_size: float) -> Tensor: ...
+    def project(self, delta: Tensor, eps: float) -> Tensor: ...
+
+
+def _per_example_norm(t: Tensor) -> Tensor:
+    """L2 norm of each example, shaped [B, 1, 1, ...] to broadcast against t."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _rand(shape: torch.Size, x: Tensor, generator: torch.Generator | None, normal: bool) -> Tensor:
+    """Random numbers from `generator` (on its own device), moved to x's device: CPU generators make
+    random starts independent of where the model runs."""
+    dev = generator.device if generator is not None else x.device
+    fn = torch.randn if normal else torch.rand
+    return fn(shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+
+
+class Linf:
+    def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+        # Alg. 1 line 10 / Alg. 2 line 6: x' = x + eps * delta, delta ~ Uniform(-1, 1)
+        return eps * (2 * _rand(x.shape, x, generator, normal=False) - 1)
+
+    def ascend(self, grad: Tensor, step_size: float) -> Tensor:
+        return step_size * grad.sign()  # Eq. 14: eta1 * sign(grad)
+
+    def project(self, delta: Tensor, eps: float) -> Tensor:
+        return delta.clamp(-eps, eps)  # Pi_eps for L-inf
+
+
+class L2:
+    def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+        # Uniform in the L2 ball: a Gaussian direction, radius eps * u^(1/d).
+        g = _rand(x.shape, x, generator, normal=True)
+        u = _rand(torch.Size([x.shape[0]]), x, generator, normal=False)
+        d = x[0].numel()
+        radius = (eps * u.pow(1.0 / d)).view(-1, *([1] * (x.dim() - 1)))
+        return g / _per_example_norm(g).clamp_min(1e-12) * radius
+
+    def ascend(self, grad: Tensor, step_size: float) -> Tensor:
+        return step_size * grad / _per_example_norm(grad).clamp_min(1e-12)  # steepest L2 ascent
+
+    def project(self, delta: Tensor, eps: float) -> Tensor:
+        # Pi_eps for L2, per example: shrink onto the sphere only where ||delta|| > eps.
+        scale = (eps / _per_example_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+        return delta * scale
+
+
+NORMS: dict[str, ThreatModel] = {"linf": Linf(), "l2": L2()}
+
+
+def threat_model(norm: str) -> ThreatModel:
+    if norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}; accepted: {', '.join(NORMS)}")
+    return NORMS[norm]
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """A PGD attack: `eps` radius and `step_size` (the paper's eta1) in pixel units, `steps` (K1)."""
+
+    norm: str = "linf"
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        threat_model(self.norm)
+        if not self.eps >= 0:
+            raise UserError(f"eps must be >= 0, got {self.eps}")
+        if not self.step_size >= 0:
+            raise UserError(f"step size must be >= 0, got {self.step_size}")
+        if self.steps < 0:
+            raise UserError(f"steps must be >= 0, got {self.steps}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool | None) -> Iterator[None]:
+    """Run in train (True) or eval (False) mode, or leave the mode alone (None); restore afterwards."""
+    if train is None:
+        yield
+        return
+    was = [m.training for m in model.modules()]
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, t in zip(model.modules(), was):
+            m.training = t
+
+
+def random_start(x: Tensor, eps: float, norm: str = "linf", generator: torch.Generator | None = None) -> Tensor:
+    """A random start delta inside the eps-ball; pass it as `delta0` to reuse one start across models
+    (the landscape's common random numbers)."""
+    return threat_model(norm).random_delta(x, eps, generator)
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    loss_fn: LossFn = cross_entropy,
+    random_start: bool = True,
+    delta0: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    train_mode: bool | None = None,
+) -> Tensor:
+    """PGD (Eq. 14): `steps` ascent steps of size `step_size` on `loss_fn`, projected onto the eps-ball
+    and [0, 1]. Returns detached adversarial inputs shaped like `x` [B, C, H, W].
+
+    `delta0` fixes the random start (else one is drawn from `generator` when `random_start`).
+    `train_mode` None keeps the model's mode (the reference AT code attacks in train mode);
+    True/False switch for the attack and restore the caller's mode afterwards.
+    """
+    tm = threat_model(norm)
+    if delta0 is None:
+        delta0 = tm.random_delta(x, eps, generator) if random_start and eps > 0 else torch.zeros_like(x)
+    x = x.detach()
+    x_adv = (x + tm.project(delta0, eps)).clamp(0.0, 1.0)
+    with model_mode(model, train_mode), torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = loss_fn(model(x_adv), target).sum()  # sum: per-example gradients, batch-size free
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                delta = tm.project(x_adv + tm.ascend(grad, step_size) - x, eps)  # Eq. 14: Pi_eps(x' + step)
+                x_adv = (x + delta).clamp(0.0, 1.0)
+    return x_adv.detach()
+
+
+def fgsm(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    loss_fn: LossFn = cross_entropy,
+    train_mode: bool | None = None,
+) -> Tensor:
+    """FGSM (Eq. 13): one step of size eps from the clean input (no random start)."""
+    return pgd(
+        model, x, target, eps=eps, step_size=eps, steps=1, norm=norm, loss_fn=loss_fn,
+        random_start=False, train_mode=train_mode,
+    )

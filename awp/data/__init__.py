@@ -1,0 +1,236 @@
+"""Datasets by name: the embedded UCI digits (default, no download) and torchvision's CIFAR-10/100 and SVHN.
+
+Every dataset yields images in [0, 1], NCHW float32, so every eps is in pixel space; the per-dataset
+mean/std live in `DatasetInfo` and become the model's first layer (`awp.models.Normalize`).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from awp.errors import UserError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset: classes, channels, image size, normalization."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    needs_download: bool
+
+
+@dataclass
+class Splits:
+    """Train and test sets of one dataset; `train_eval` is `train` without augmentation (same order)."""
+
+    info: DatasetInfo
+    train: Dataset
+    train_eval: Dataset
+    test: Dataset
+
+
+_LOADERS: dict[str, Callable[..., Splits]] = {}
+_INFOS: dict[str, DatasetInfo] = {}
+
+
+def _register(info: DatasetInfo):
+    def deco(fn: Callable[..., Splits]) -> Callable[..., Splits]:
+        _LOADERS[info.name] = fn
+        _INFOS[info.name] = info
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The `DatasetInfo` of `name`; an unknown name is a `UserError` listing the known ones."""
+    if name not in _INFOS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    return _INFOS[name]
+
+
+def load_dataset(name: str, data_dir: str | Path = "data", *, seed: int = 0) -> Splits:
+    """Load dataset `name` (train split augmented where the dataset calls for it)."""
+    dataset_info(name)
+    return _LOADERS[name](Path(data_dir), seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits: the embedded default
+# ---------------------------------------------------------------------------------------------
+
+DIGITS_TEST_SIZE = 500  # a 500-image test split: with 250 the noise (~0.03) is as large as the effects
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 UCI 8x8 digits shipped with the package: uint8 pixels 0..16, labels 0..9."""
+    with importlib.resources.files("awp.data").joinpath("digits.npz").open("rb") as fh:
+        z = np.load(fh)
+        return z["images"], z["labels"]
+
+
+def stratified_split(labels: np.ndarray, n_first: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (first, rest) with `n_first` in `first`, class proportions kept, from `seed`."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    # Largest-remainder allocation so the per-class quotas sum exactly to n_first.
+    quota = counts * n_first / counts.sum()
+    take = np.floor(quota).astype(int)
+    rest = n_first - take.sum()
+    take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+    first, second = [], []
+    for c, k in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        first.append(idx[:k])
+        second.append(idx[k:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+@_register(DatasetInfo("digits", 10, 1, 8, (0.3,), (0.4,), needs_download=False))
+def _load_digits(data_dir: Path, seed: int = 0) -> Splits:
+    images, labels = _digits_arrays()
+    x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)  # [1797, 1, 8, 8] in [0, 1]
+    y = torch.from_numpy(labels.astype(np.int64))
+    # The train/test split is fixed (seed 0) so that every run and every checkpoint sees the same test set.
+    test_idx, train_idx = stratified_split(labels, DIGITS_TEST_SIZE, seed=0)
+    train = TensorDataset(x[train_idx], y[train_idx])
+    return Splits(_INFOS["digits"], train, train, TensorDataset(x[test_idx], y[test_idx]))
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision datasets (need a download)
+# ---------------------------------------------------------------------------------------------
+
+_CIFAR10 = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True)
+_CIFAR100 = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True)
+_SVHN = DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True)
+
+
+def _vision(name: str, data_dir: Path, *, train: bool, augment: bool, download: bool = False) -> Dataset:
+    import torchvision
+    from torchvision import transforms as T
+
+    ops = []
+    if augment:  # standard augmentation: 4-pixel padded random crop, and flips except for SVHN digits
+        ops.append(T.RandomCrop(32, padding=4))
+        if name != "svhn":
+            ops.append(T.RandomHorizontalFlip())
+    tf = T.Compose(ops + [T.ToTensor()])
+    try:
+        if name == "svhn":
+            return torchvision.datasets.SVHN(str(data_dir), split="train" if train else "test", transform=tf, download=download)
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        return cls(str(data_dir), train=train, transform=tf, download=download)
+    except RuntimeError as e:
+        if download:
+            raise UserError(f"could not download {name} into {data_dir}: {e}") from None
+        raise UserError(
+            f"{name} files not found in {str(data_dir)!r}; fetch them with "
+            f"`landscape download {name} --data-dir {data_dir}` on a machine that is online"
+        ) from None
+
+
+def _vision_loader(info: DatasetInfo):
+    def load(data_dir: Path, seed: int = 0) -> Splits:
+        return Splits(
+            info,
+            _vision(info.name, data_dir, train=True, augment=True),
+            _vision(info.name, data_dir, train=True, augment=False),
+            _vision(info.name, data_dir, train=False, augment=False),
+        )
+
+    return load
+
+
+for _info in (_CIFAR10, _CIFAR100, _SVHN):
+    _register(_info)(_vision_loader(_info))
+
+
+def download(name: str, data_dir: str | Path) -> None:
+    """Fetch a torchvision dataset into `data_dir` (needs internet); digits needs nothing."""
+    info = dataset_info(name)
+    if not info.needs_download:
+        return
+    for train in (True, False):
+        _vision(name, Path(data_dir), train=train, augment=False, download=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+# ---------------------------------------------------------------------------------------------
+
+
+def class_stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
+    """A fixed, class-stratified subset of `n` examples (the whole set when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(ds):
+        return ds
+    labels = dataset_labels(ds)
+    idx, _ = stratified_split(labels, n, seed)
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[torch.from_numpy(idx)] for t in ds.tensors))
+    return Subset(ds, idx.tolist())
+
+
+def dataset_labels(ds: Dataset) -> np.ndarray:
+    """Labels of `ds` without decoding images where the dataset allows it."""
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1].numpy()
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[np.asarray(ds.indices)]
+    for attr in ("targets", "labels"):
+        if hasattr(ds, attr):
+            return np.asarray(getattr(ds, attr))
+    return np.asarray([ds[i][1] for i in range(len(ds))])
+
+
+def batches(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) batches on `device`. In-memory tensors are sliced directly (no per-example work);
+    other datasets go through a DataLoader. Order comes from `generator` only, so a seeded generator
+    gives the same batches on every run and after a resume."""
+    if isinstance(ds, TensorDataset):
+        x, y = ds.tensors
+        n = len(x)
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        for start in range(0, n, batch_size):
+            if order is None:
+                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            else:
+                sel = order[start : start + batch_size]
+                xb, yb = x[sel], y[sel]
+            yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        return
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=str(device).startswith("cuda"),
+        persistent_workers=False,
+    )
+    for xb, yb in loader:
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)

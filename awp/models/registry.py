@@ -1,0 +1,118 @@
+"""Model registry: builders file themselves by name; `create_model` adds input normalization.
+
+Every model returned by `create_model` takes pixels in [0, 1]; its first layer normalizes,
+so attacks and weight perturbations never have to know about dataset statistics.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from awp.errors import UserError
+
+ModelBuilder = Callable[..., nn.Module]
+
+_MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(fn: ModelBuilder) -> ModelBuilder:
+    """File `fn` under its function name; a second builder with the same name replaces the first, with a warning."""
+    name = fn.__name__
+    if name in _MODELS:
+        warnings.warn(f"model {name!r} registered twice; the later builder wins", stacklevel=2)
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return sorted(_MODELS)
+
+
+def reject_unknown_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
+    """Fail loudly on options a builder does not take, so a typo is never silently ignored."""
+    if kwargs:
+        raise UserError(f"model {arch!r} got unknown option(s): {', '.join(sorted(kwargs))}")
+
+
+def _channel_stats(
+    values: Sequence[float] | None, default: float, in_channels: int, what: str
+) -> torch.Tensor:
+    """Per-channel statistic as a [1, C, 1, 1] tensor; one value is broadcast to every channel."""
+    if values is None:
+        values = [default] * in_channels
+    vals = [float(v) for v in values]
+    if len(vals) == 1:
+        vals = vals * in_channels
+    if len(vals) != in_channels:
+        raise UserError(f"{what} has {len(vals)} values but the model has {in_channels} input channel(s)")
+    return torch.tensor(vals, dtype=torch.float32).view(1, in_channels, 1, 1)
+
+
+class Normalize(nn.Module):
+    """Per-channel `(x - mean) / std`; buffers, so they move with `.to()` and live in the state dict."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        in_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        if in_channels is None:
+            lengths = [len(v) for v in (mean, std) if v is not None]
+            in_channels = max(lengths) if lengths else 1
+        mean_t = _channel_stats(mean, 0.0, in_channels, "mean")
+        std_t = _channel_stats(std, 1.0, in_channels, "std")
+        if bool((std_t <= 0).any()):
+            raise UserError(f"std must be positive, got {std_t.flatten().tolist()}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class NormalizedModel(nn.Module):
+    """`net(normalize(x))`: keeps the state-dict keys as `normalize.*` and `net.*`."""
+
+    def __init__(self, normalize: Normalize, net: nn.Module, arch: str = "") -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+        self.arch = arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build registered model `name` behind a `Normalize(mean, std)` layer; inputs are pixels in [0, 1]."""
+    builder = _MODELS.get(name)
+    if builder is None:
+        raise UserError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    if num_classes < 1:
+        raise UserError(f"num_classes must be at least 1, got {num_classes}")
+    if in_channels < 1:
+        raise UserError(f"in_channels must be at least 1, got {in_channels}")
+    normalize = Normalize(mean, std, in_channels=in_channels)
+    net = builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    return NormalizedModel(normalize, net, arch=name)

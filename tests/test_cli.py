@@ -1,0 +1,45 @@
+"""The CLI: help, version, and one-line `error: ...` with exit status 2 for every user mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from awp import __version__
+from conftest import run_cli
+
+
+def test_help_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("demo", "download"):
+        assert cmd in r.stdout
+
+
+def test_version():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"landscape {__version__}"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["demo", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["demo", "--arch", "resnet9", "--epochs", "0"], "unknown model 'resnet9'"),
+        (["demo", "--norm", "l3"], "'l3' is not one of 'linf', 'l2'"),
+        (["demo", "--eps", "8/x"], "eps '8/x' is not a number"),
+        (["demo", "--eps", "-0.1"], "eps '-0.1' is negative"),
+        (["demo", "--steps", "-1"], "steps must be >= 0, got -1"),
+        (["demo", "--steps", "many"], "Invalid value for '--steps'"),
+        (["demo", "--device", "tpu"], "unknown device 'tpu'"),
+        (["demo", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "landscape download cifar10"),
+        (["download", "imagenet"], "unknown dataset 'imagenet'"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_user_mistakes_give_one_line(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
