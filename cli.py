@@ -75,25 +75,341 @@ def download(
 
 @app.command()
 def demo(
-    dataset: DatasetOpt = "digits",
-    arch: Annotated[str, typer.Option("--arch", help="Model name from the registry.")] = "smallcnn",
-    norm: Annotated[Norm, typer.Option("--norm", help="Threat model.")] = Norm.linf,
-    eps: Annotated[str, typer.Option("--eps", help="Perturbation radius in pixels, e.g. 0.25 or 8/255.")] = "0.25",
-    steps: Annotated[int, typer.Option("--steps", help="PGD steps for training and evaluation.")] = 10,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 15,
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced study in well under a minute (what the tests run).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    data_dir: DataDirOpt = Path("data"),
-    device: DeviceOpt = "auto",
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the run files go.")] = Path("runs/demo"),
+    figures_dir: Annotated[Path, typer.Option("--figures-dir", help="Where the PNG figures go.")] = Path("figures"),
+    report: Annotated[Path, typer.Option("--report", help="The interactive HTML report.")] = Path("report.html"),
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """The main job on the embedded digits: adversarially train briefly and report clean and PGD accuracy."""
-    from awp.config import parse_fraction, resolve_device
+    """The main job on the embedded digits: train every method, probe landscapes, check the paper's claims."""
+    from awp.config import resolve_device
     from landscape.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(
-        dataset=dataset, arch=arch, norm=norm.value, eps=parse_fraction(eps, "eps"), steps=steps,
-        epochs=epochs, seed=seed, data_dir=str(data_dir),
+    resolve_device(device)
+    run_demo(DemoConfig(seed=seed, quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
+                        report=str(report), device=device, progress=not quiet))
+
+
+# ---- train-awp / info / export
+
+_T = "Training"
+_A = "Threat model and attacks"
+_W = "AWP (Algorithm 2)"
+_R = "Run file"
+
+
+@app.command("train-awp")
+def train_awp(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run file (HDF5) to write; default runs/DATASET-METHOD.h5.", rich_help_panel=_R)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file setting any option (flat keys, e.g. eps = \"8/255\"); flags override it.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="digits (embedded, default), cifar10, cifar100, svhn.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where torchvision datasets live.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Model from the registry (digits: smallcnn, CIFAR/SVHN: preactresnet18).")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option("--arch-kwargs", help="Model options as JSON, e.g. '{\"widths\": [16, 32, 32]}'.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="at or at-awp (method registry).", rich_help_panel=_T)] = None,
+    norm: Annotated[Optional[Norm], typer.Option("--norm", help="Threat model.", rich_help_panel=_A)] = None,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 0.25 or 8/255 (digits 0.25, CIFAR 8/255).", rich_help_panel=_A)] = None,
+    train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="PGD steps K1 for training (10).", rich_help_panel=_A)] = None,
+    train_step_size: Annotated[Optional[str], typer.Option("--train-step-size", help="PGD step eta1 (default eps/4 for L-inf; 2/255 on CIFAR).", rich_help_panel=_A)] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="PGD steps for the per-epoch evaluation (CIFAR 20, digits 10).", rich_help_panel=_A)] = None,
+    eval_step_size: Annotated[Optional[str], typer.Option("--eval-step-size", help="PGD step for evaluation (default: the training step).", rich_help_panel=_A)] = None,
+    gamma: Annotated[Optional[str], typer.Option("--gamma", help="AWP size gamma of Eq. 8 (digits 0.01, CIFAR 5e-3).", rich_help_panel=_W)] = None,
+    awp_steps: Annotated[Optional[int], typer.Option("--awp-steps", help="AWP ascent steps K2 (1).", rich_help_panel=_W)] = None,
+    awp_step_size: Annotated[Optional[str], typer.Option("--awp-step-size", help="AWP step eta2 (default gamma/(A*K2), Appendix D.2).", rich_help_panel=_W)] = None,
+    awp_alternations: Annotated[Optional[int], typer.Option("--awp-alternations", help="Alternations A between x' and v (1).", rich_help_panel=_W)] = None,
+    awp_warmup: Annotated[Optional[int], typer.Option("--awp-warmup", help="Epochs of plain AT before AWP starts (digits 10, CIFAR 0).", rich_help_panel=_W)] = None,
+    awp_include_1d: Annotated[Optional[bool], typer.Option("--awp-include-1d/--awp-weights-only", help="Also perturb biases and BatchNorm parameters.", rich_help_panel=_W)] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (digits 100, CIFAR 200).", rich_help_panel=_T)] = None,
+    lr: Annotated[Optional[str], typer.Option("--lr", help="Initial / peak learning rate eta3 (digits 0.05, CIFAR 0.1).", rich_help_panel=_T)] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="piecewise, cosine or cyclic.", rich_help_panel=_T)] = None,
+    lr_milestones: Annotated[Optional[str], typer.Option("--lr-milestones", help="Piecewise: fractions of training where lr /= 10 (0.5,0.75).", rich_help_panel=_T)] = None,
+    momentum: Annotated[Optional[str], typer.Option("--momentum", help="SGD momentum (0.9).", rich_help_panel=_T)] = None,
+    weight_decay: Annotated[Optional[str], typer.Option("--weight-decay", help="Weight decay (5e-4).", rich_help_panel=_T)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size (digits 30, CIFAR 128).", rich_help_panel=_T)] = None,
+    eval_batch_size: Annotated[Optional[int], typer.Option("--eval-batch-size", help="Evaluation batch size.", rich_help_panel=_T)] = None,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", help="Fixed class-stratified training subset; 0 = all (digits 300).", rich_help_panel=_T)] = None,
+    train_eval_size: Annotated[Optional[int], typer.Option("--train-eval-size", help="Training examples attacked in eval mode each epoch for the gap; 0 = all.", rich_help_panel=_T)] = None,
+    val_split: Annotated[Optional[str], typer.Option("--val-split", help="Fraction of the training set held out for model selection (0).", rich_help_panel=_T)] = None,
+    test_size: Annotated[Optional[int], typer.Option("--test-size", help="Fixed test subset evaluated each epoch; 0 = all.", rich_help_panel=_T)] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Keep weights of every N-th epoch (best and last always); 0 = only those.", rich_help_panel=_R)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialization, shuffling and attacks (0).", rich_help_panel=_T)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads; 0 = torch's default (digits: 1, robust on busy CPUs).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.", rich_help_panel=_R)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run file.", rich_help_panel=_R)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-epoch lines.")] = False,
+) -> None:
+    """Adversarially train with AT or AT-AWP and record every epoch in a crash-safe HDF5 run file."""
+    flags = {k: v for k, v in locals().items() if k not in ("out", "config", "resume", "overwrite", "quiet")}
+    flags["norm"] = norm.value if norm is not None else None
+    from awp.progress import ConsoleReporter
+    from awp.runinfo import summary_lines
+    from awp.store import open_run
+    from awp.train import train
+    from awp.trainconfig import format_toml, resolve_config
+
+    cfg = resolve_config(flags, config)
+    path = out if out is not None else Path("runs") / f"{cfg.dataset}-{cfg.method}.h5"
+    if resume and path.exists():
+        cfg = resolve_config(flags, config, stored=open_run(path).config)
+    reporter = ConsoleReporter(quiet=quiet)
+    reporter.message(f"# landscape train-awp -> {path}\n{format_toml(cfg)}\n")
+    result = train(cfg, path, resume=resume, overwrite=overwrite, reporter=reporter)
+    if not quiet:
+        typer.echo("\n".join(summary_lines(result.metrics, result.best_epoch, result.last_epoch, result.best_val_epoch)))
+        typer.echo(f"run file: {path}")
+
+
+@app.command()
+def info(
+    run: Annotated[Path, typer.Argument(help="Run file from train-awp.")],
+    every: Annotated[int, typer.Option("--every", help="Show every N-th epoch of the table (best and last always).")] = 1,
+) -> None:
+    """Print a run's config and per-epoch metrics, best and last marked."""
+    from awp.config import check_positive_int
+    from awp.runinfo import info_text
+    from awp.store import open_run
+
+    check_positive_int(every, "--every")
+    typer.echo(info_text(open_run(run), every))
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run file from train-awp.")],
+    epoch: Annotated[str, typer.Option("--epoch", help="best, last, best_val or an epoch number.")] = "best",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (torch.save; loads with weights_only=True).")] = Path("model.pt"),
+) -> None:
+    """Write one epoch's weights with architecture, dataset and normalization as a plain checkpoint."""
+    from awp.store import export_checkpoint
+
+    e = export_checkpoint(run, epoch, out)
+    typer.echo(f"wrote epoch {e} of {run} to {out}")
+
+
+# ---- probe
+
+
+class ProbeSplit(str, Enum):
+    train = "train"
+    test = "test"
+
+
+class DirectionNorm(str, Enum):
+    filter = "filter"
+    layer = "layer"
+    none = "none"
+
+
+class BNMode(str, Enum):
+    eval = "eval"
+    recalibrate = "recalibrate"
+
+
+_PL = "Landscape (Eq. 5, Algorithm 1)"
+_PA = "Attack (default: the run's training threat model)"
+_PD = "Checkpoint and data"
+_PO = "Output"
+
+
+@app.command()
+def probe(
+    ckpt: Annotated[Optional[Path], typer.Argument(help="Run file from train-awp, or a .pt state dict.", show_default=False)] = None,
+    from_results: Annotated[Optional[Path], typer.Option("--from", help="Redraw the PNG and table of RESULTS.h5; computes nothing.", rich_help_panel=_PO)] = None,
+    epoch: Annotated[str, typer.Option("--epoch", help="Run files: best, last, N, all or every:K.", rich_help_panel=_PD)] = "last",
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a foreign .pt (registry name).", rich_help_panel=_PD)] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset of a foreign .pt.", rich_help_panel=_PD)] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where torchvision datasets live.", rich_help_panel=_PD)] = Path("data"),
+    alphas: Annotated[str, typer.Option("--alphas", help="MIN:MAX:NUM, with MIN < 0 < MAX.", rich_help_panel=_PL)] = "-1:1:41",
+    dirs: Annotated[int, typer.Option("--dirs", help="Random directions (Appendix B.2 uses 10).", rich_help_panel=_PL)] = 10,
+    normalize: Annotated[DirectionNorm, typer.Option("--normalize", help="filter (Eq. 5), layer or none.", rich_help_panel=_PL)] = DirectionNorm.filter,
+    include_bn: Annotated[bool, typer.Option("--include-bn", help="Give biases and BatchNorm parameters a direction too.", rich_help_panel=_PL)] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of directions (seed, k), random starts and --samples.", rich_help_panel=_PL)] = 0,
+    bn: Annotated[BNMode, typer.Option("--bn", help="eval: keep w's BN statistics; recalibrate: re-estimate them at every point.", rich_help_panel=_PL)] = BNMode.eval,
+    bn_batches: Annotated[int, typer.Option("--bn-batches", help="Training batches per recalibration.", rich_help_panel=_PL)] = 8,
+    radius: Annotated[Optional[str], typer.Option("--radius", help="|alpha| of the sharpness rise (default: half the range).", rich_help_panel=_PL)] = None,
+    pgd: Annotated[int, typer.Option("--pgd", help="PGD steps K1; 0 = natural loss landscape.", rich_help_panel=_PA)] = 10,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 8/255.", rich_help_panel=_PA)] = None,
+    pgd_step: Annotated[Optional[str], typer.Option("--pgd-step", help="PGD step eta1 (default: the training step, or eps/4).", rich_help_panel=_PA)] = None,
+    norm: Annotated[Optional[Norm], typer.Option("--norm", help="Threat model.", rich_help_panel=_PA)] = None,
+    fixed_adv: Annotated[bool, typer.Option("--fixed-adv", help="Ablation: examples made once at w, reused at every point.", rich_help_panel=_PA)] = False,
+    split: Annotated[ProbeSplit, typer.Option("--split", help="Data the loss is measured on (Algorithm 1: train).", rich_help_panel=_PD)] = ProbeSplit.train,
+    samples: Annotated[int, typer.Option("--samples", help="Fixed class-stratified subset; 0 = the whole split.", rich_help_panel=_PD)] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=_PD)] = 256,
+    device: DeviceOpt = "auto",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); default probe-CKPT.h5.", rich_help_panel=_PO)] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Figure; default beside the results file.", rich_help_panel=_PO)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming -o.", rich_help_panel=_PO)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_PO)] = False,
+) -> None:
+    """The 1-D weight loss landscape rho(w + alpha d) with PGD on the fly, along repeated random directions, with sharpness."""
+    from awp.config import parse_fraction
+    from landscape.probe import ProbeConfig, rerender, run_probe
+
+    r = parse_fraction(radius, "--radius") if radius is not None else None
+    if from_results is not None:
+        if ckpt is not None:
+            raise UserError("give CKPT to compute or --from RESULTS.h5 to redraw, not both")
+        rerender(from_results, str(png) if png else None, r)
+        return
+    if ckpt is None:
+        raise UserError("missing CKPT (a run file or .pt), or --from RESULTS.h5")
+    cfg = ProbeConfig(
+        checkpoint=str(ckpt), epochs=epoch, arch=arch, dataset=dataset, data_dir=str(data_dir), alphas=alphas,
+        dirs=dirs, steps=pgd, eps=parse_fraction(eps, "--eps") if eps is not None else None,
+        step_size=parse_fraction(pgd_step, "--pgd-step") if pgd_step is not None else None,
+        norm=norm.value if norm else None, split=split.value, samples=samples, batch_size=batch_size, seed=seed,
+        normalize=normalize.value, include_bn=include_bn, fixed_adv=fixed_adv, bn=bn.value, bn_batches=bn_batches,
+        radius=r, device=device, out=str(out) if out else None, png=str(png) if png else None,
+        overwrite=overwrite, progress=not quiet,
     )
-    run_demo(cfg, resolve_device(device))
+    run_probe(cfg)
+
+
+# ---- plot2d
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    """The command line minus --workers N, to hand to torchrun."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
+
+
+@app.command()
+def plot2d(
+    ckpt: Annotated[Optional[Path], typer.Argument(help="Run file from train-awp, or a .pt state dict.", show_default=False)] = None,
+    from_results: Annotated[Optional[Path], typer.Option("--from", help="Redraw the figures of RESULTS.h5; computes nothing.", rich_help_panel=_PO)] = None,
+    grid: Annotated[str, typer.Option("--grid", help="Points along alpha x beta, e.g. 21x21 or 31x11.", rich_help_panel=_PL)] = "21x21",
+    span: Annotated[str, typer.Option("--range", help="AMIN:AMAX,BMIN:BMAX (one span: both axes).", rich_help_panel=_PL)] = "-1:1,-1:1",
+    epoch: Annotated[str, typer.Option("--epoch", help="Run files: best, last or N.", rich_help_panel=_PD)] = "last",
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a foreign .pt.", rich_help_panel=_PD)] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset of a foreign .pt.", rich_help_panel=_PD)] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", rich_help_panel=_PD)] = Path("data"),
+    normalize: Annotated[DirectionNorm, typer.Option("--normalize", help="filter (Eq. 5), layer or none.", rich_help_panel=_PL)] = DirectionNorm.filter,
+    include_bn: Annotated[bool, typer.Option("--include-bn", help="Give biases and BatchNorm parameters a direction too.", rich_help_panel=_PL)] = False,
+    seed: Annotated[int, typer.Option("--seed", help="d and e are probe's directions 0 and 1 for this seed.", rich_help_panel=_PL)] = 0,
+    bn: Annotated[BNMode, typer.Option("--bn", help="eval or recalibrate.", rich_help_panel=_PL)] = BNMode.eval,
+    bn_batches: Annotated[int, typer.Option("--bn-batches", rich_help_panel=_PL)] = 8,
+    pgd: Annotated[int, typer.Option("--pgd", help="PGD steps K1; 0 = natural loss.", rich_help_panel=_PA)] = 10,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 8/255.", rich_help_panel=_PA)] = None,
+    pgd_step: Annotated[Optional[str], typer.Option("--pgd-step", help="PGD step eta1.", rich_help_panel=_PA)] = None,
+    norm: Annotated[Optional[Norm], typer.Option("--norm", rich_help_panel=_PA)] = None,
+    split: Annotated[ProbeSplit, typer.Option("--split", rich_help_panel=_PD)] = ProbeSplit.train,
+    samples: Annotated[int, typer.Option("--samples", help="Fixed class-stratified subset; 0 = all.", rich_help_panel=_PD)] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=_PD)] = 256,
+    chunk: Annotated[int, typer.Option("--chunk", help="Points per process between flushes of the results file.", rich_help_panel=_PO)] = 4,
+    workers: Annotated[int, typer.Option("--workers", help="Launch torchrun with N processes on this machine.", rich_help_panel=_PO)] = 1,
+    device: DeviceOpt = "auto",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); default plot2d-CKPT.h5.", rich_help_panel=_PO)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming -o.", rich_help_panel=_PO)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_PO)] = False,
+) -> None:
+    """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready."""
+    from awp.config import parse_fraction
+    from landscape.plane import Plot2DConfig, rerender, run_plot2d
+
+    if from_results is not None:
+        if ckpt is not None:
+            raise UserError("give CKPT to compute or --from RESULTS.h5 to redraw, not both")
+        rerender(from_results)
+        return
+    if ckpt is None:
+        raise UserError("missing CKPT (a run file or .pt), or --from RESULTS.h5")
+    cfg = Plot2DConfig(
+        checkpoint=str(ckpt), epochs=epoch, arch=arch, dataset=dataset, data_dir=str(data_dir), grid=grid, range=span,
+        steps=pgd, eps=parse_fraction(eps, "--eps") if eps is not None else None,
+        step_size=parse_fraction(pgd_step, "--pgd-step") if pgd_step is not None else None,
+        norm=norm.value if norm else None, split=split.value, samples=samples, batch_size=batch_size, seed=seed,
+        normalize=normalize.value, include_bn=include_bn, bn=bn.value, bn_batches=bn_batches, chunk=chunk,
+        device=device, out=str(out) if out else None, overwrite=overwrite, progress=not quiet,
+    )
+    if workers > 1:
+        from landscape.dist import launch
+
+        raise typer.Exit(launch(workers, _without_workers(sys.argv[1:])))
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    run_plot2d(cfg)
+
+
+# ---- gap / report
+
+_GL = "Landscapes (probed every K epochs, cached beside each run)"
+
+
+class Sharpness(str, Enum):
+    rise = "rise"
+    curvature = "curvature"
+
+
+def _gap_config(runs: list[Path], every: int, sharpness: Sharpness, dirs: int, alphas: str, pgd: Optional[int],
+                samples: int, seed: int, device: str, quiet: bool, out_dir: Path = Path("figures"), prefix: str = "gap"):
+    from landscape.analysis import GapConfig
+
+    return GapConfig(runs=tuple(str(r) for r in runs), every=every, sharpness=sharpness.value, dirs=dirs, alphas=alphas,
+                     steps=pgd, samples=samples, seed=seed, device=device, out_dir=str(out_dir), prefix=prefix,
+                     progress=not quiet)
+
+
+RunsArg = Annotated[list[Path], typer.Argument(help="Run files from train-awp.", show_default=False)]
+EveryOpt = Annotated[int, typer.Option("--every", help="Probe every K-th epoch, plus best and last.", rich_help_panel=_GL)]
+SharpOpt = Annotated[Sharpness, typer.Option("--sharpness", help="rise or curvature (as probe reports them).", rich_help_panel=_GL)]
+GDirsOpt = Annotated[int, typer.Option("--dirs", help="Directions per checkpoint.", rich_help_panel=_GL)]
+GAlphasOpt = Annotated[str, typer.Option("--alphas", help="MIN:MAX:NUM.", rich_help_panel=_GL)]
+GPgdOpt = Annotated[Optional[int], typer.Option("--pgd", help="PGD steps (default: the run's training steps).", rich_help_panel=_GL)]
+GSamplesOpt = Annotated[int, typer.Option("--samples", help="Fixed class-stratified training subset.", rich_help_panel=_GL)]
+
+
+@app.command()
+def gap(
+    runs: RunsArg,
+    every: EveryOpt = 10,
+    sharpness: SharpOpt = Sharpness.rise,
+    dirs: GDirsOpt = 3,
+    alphas: GAlphasOpt = "-1:1:11",
+    pgd: GPgdOpt = None,
+    samples: GSamplesOpt = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where figures go (PNG and HTML).")] = Path("figures"),
+    prefix: Annotated[str, typer.Option("--prefix", help="File-name prefix of the figures.")] = "gap",
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Robust generalization gap vs landscape sharpness over epochs and runs (Figure 1), with correlations."""
+    from landscape.gap import run_gap
+
+    run_gap(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, out_dir, prefix))
+
+
+@app.command()
+def report(
+    runs: RunsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file.")] = Path("report.html"),
+    title: Annotated[str, typer.Option("--title")] = "Weight loss landscape report",
+    every: EveryOpt = 10,
+    sharpness: SharpOpt = Sharpness.rise,
+    dirs: GDirsOpt = 3,
+    alphas: GAlphasOpt = "-1:1:11",
+    pgd: GPgdOpt = None,
+    samples: GSamplesOpt = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """One self-contained, offline HTML report: configs, curves, landscapes, 2-D plots, gap vs sharpness."""
+    from landscape.report import write_report
+
+    path = write_report(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet), out, title)
+    typer.echo(f"report: {path}")
 
 
 # --------------------------------------------------------------------------------------------- entry

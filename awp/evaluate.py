@@ -73,3 +73,25 @@ def evaluate(
         for x, y in batches(ds, batch_size, device=device):
             total = total.add(evaluate_batch(model, x, y, attack, gen))
     return total.reduce()
+
+
+def robust_correct(
+    model: nn.Module,
+    ds: Dataset,
+    attack: AttackConfig,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Per-example 0/1 robust correctness [N] (eval mode, PGD from starts drawn from `seed`): what a
+    paired bootstrap over test examples needs to compare two models on the same examples."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with model_mode(model, train=False):
+        for x, y in batches(ds, batch_size, device=device):
+            x_adv = pgd(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+                        norm=attack.norm, random_start=attack.random_start, generator=gen)
+            with torch.no_grad():
+                out.append((model(x_adv).argmax(1) == y).cpu())
+    return torch.cat(out)

@@ -66,16 +66,8 @@ def save_surface_png(alphas: np.ndarray, betas: np.ndarray, rel: np.ndarray, pat
     _atomic_savefig(fig, path)
 
 
-def save_html(
-    alphas: np.ndarray,
-    betas: np.ndarray,
-    grids: dict[str, np.ndarray],
-    rel: np.ndarray,
-    path: Path,
-    title: str,
-) -> None:
-    """Surface and contour side by side; hover shows alpha, beta, losses and accuracies. The plotly
-    library is inlined so the file opens offline with no network request."""
+def html_figure(alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray], rel: np.ndarray, title: str):
+    """Plotly figure: surface and contour side by side; hover shows alpha, beta, losses and accuracies."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -97,6 +89,14 @@ def save_html(
                                  camera=dict(eye=dict(x=1.5, y=-1.5, z=1.0))))
     fig.update_xaxes(title_text="alpha", row=1, col=2)
     fig.update_yaxes(title_text="beta", row=1, col=2)
+    return fig
+
+
+def save_html(
+    alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray], rel: np.ndarray, path: Path, title: str
+) -> None:
+    """`html_figure` as one self-contained file: plotly is inlined, so it opens offline."""
+    fig = html_figure(alphas, betas, grids, rel, title)
     tmp = path.with_name(path.name + ".tmp")
     fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     os.replace(tmp, path)

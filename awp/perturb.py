@@ -1,0 +1,207 @@
+"""Adversarial Weight Perturbation on the model itself (Section 4, Algorithm 2, Appendix D.2).
+
+No proxy copy of the model: the ascent direction comes from `torch.autograd.grad` on the perturbed
+parameters, so their `.grad` (the optimizer's business) is never touched; the perturbation is added
+in place and removed by copying the saved weights back, which is exact (w + v - v is not, in floats).
+
+The math is in pure layer-wise functions on lists of per-layer tensors (`project_gamma` Eq. 15,
+`ascent_step` Eq. 10, fused `torch._foreach_*` kernels so AWP's overhead stays near its one extra
+forward/backward); `find_perturbation` runs Eq. 10 for K2 steps, `perturbed` is Eq. 11's "go to w + v, come back to w", `frozen_batchnorm` keeps
+BatchNorm running statistics untouched while v is searched (the reference searched on a copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from awp.errors import UserError
+
+# The layer-wise norms ||g_l||, ||v_l|| can be 0 (a layer with no gradient, v = 0 at the start);
+# dividing by this floor then gives a zero step instead of NaN.
+_TINY = 1e-20
+
+Params = dict[str, nn.Parameter]
+Tensors = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class AWPConfig:
+    """AWP's knobs with the paper's names: `gamma` (Eq. 8), `steps` K2, `step_size` eta2 (Eq. 10),
+    `alternations` A (Algorithm 2 line 4), and whether 1-D parameters (biases, BN) are perturbed."""
+
+    gamma: float = 5e-3
+    steps: int = 1
+    step_size: float | None = None  # None: gamma / (A * K2), Appendix D.2
+    alternations: int = 1
+    include_1d: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.gamma >= 0:
+            raise UserError(f"gamma must be >= 0, got {self.gamma}")
+        if self.steps < 1:
+            raise UserError(f"awp steps (K2) must be >= 1, got {self.steps}")
+        if self.alternations < 1:
+            raise UserError(f"awp alternations (A) must be >= 1, got {self.alternations}")
+        if self.step_size is not None and not self.step_size >= 0:
+            raise UserError(f"awp step size (eta2) must be >= 0, got {self.step_size}")
+
+    @property
+    def eta2(self) -> float:
+        """The AWP step size; Appendix D.2: eta2 = gamma / (A * K2) by default."""
+        if self.step_size is not None:
+            return self.step_size
+        return self.gamma / (self.alternations * self.steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which parameters are perturbed
+# ---------------------------------------------------------------------------------------------
+
+
+def perturbable_params(model: nn.Module, include_1d: bool = False) -> Params:
+    """Parameters AWP perturbs, by name: conv and linear weights (dim > 1), as the reference does;
+    biases and BatchNorm affine parameters (dim 1) only when `include_1d`."""
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.dim() > 1 or include_1d)
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The math, layer-wise (pure functions on lists of per-layer tensors, one list entry per layer l)
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """||t_l|| (Frobenius) for every layer, as one tensor [L] (one fused kernel, not L small ones)."""
+    return torch.stack(torch._foreach_norm(list(tensors)))
+
+
+def project_gamma(v: Sequence[Tensor], w_norms: Tensor, gamma: float) -> list[Tensor]:
+    """Eq. 15: Pi_gamma(v)_l = gamma * ||w_l|| / ||v_l|| * v_l if ||v_l|| > gamma * ||w_l||, else v_l."""
+    radius = gamma * w_norms  # Eq. 8: ||v_l|| <= gamma * ||w_l||, [L]
+    v_norms = layer_norms(v)
+    scale = torch.where(v_norms > radius, radius / v_norms.clamp_min(_TINY), 1.0)  # [L]
+    return list(torch._foreach_mul(list(v), list(scale.unbind())))
+
+
+def ascent_step(v: Sequence[Tensor], g: Sequence[Tensor], w_norms: Tensor, eta2: float, gamma: float) -> list[Tensor]:
+    """Eq. 10: v_l <- Pi_gamma(v_l + eta2 * g_l / ||g_l|| * ||w_l||), g_l the gradient of the mean
+    adversarial loss with respect to v_l (= with respect to the weights at w + v)."""
+    scale = eta2 * w_norms / layer_norms(g).clamp_min(_TINY)  # [L]; a zero gradient gives a zero step
+    stepped = torch._foreach_add(list(v), torch._foreach_mul(list(g), list(scale.unbind())))
+    return project_gamma(stepped, w_norms, gamma)  # Eq. 15
+
+
+def relative_norms(v: Mapping[str, Tensor], w: Mapping[str, Tensor]) -> dict[str, float]:
+    """||v_l|| / ||w_l|| per layer: gamma for every layer after one default AWP step (Eq. 8)."""
+    return {k: float(v[k].norm() / w[k].norm().clamp_min(_TINY)) for k in v}
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving the model between w and w + v
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot(params: Params) -> Tensors:
+    """Exact copies of the parameters' current values (the centre w of Eq. 11)."""
+    return {k: p.detach().clone() for k, p in params.items()}
+
+
+@torch.no_grad()
+def set_offset(params: Params, w: Mapping[str, Tensor], v: Mapping[str, Tensor]) -> None:
+    """Put the model at w + v, in place (v may cover a subset of the parameters)."""
+    names = list(params)
+    targets = [w[k] + v[k] if k in v else w[k] for k in names]
+    torch._foreach_copy_([params[k] for k in names], targets)
+
+
+@torch.no_grad()
+def restore(params: Params, w: Mapping[str, Tensor]) -> None:
+    """Eq. 11's "- v": come back to the centre by copying w back, bit for bit."""
+    names = list(params)
+    torch._foreach_copy_([params[k] for k in names], [w[k] for k in names])
+
+
+@contextlib.contextmanager
+def perturbed(params: Params, v: Mapping[str, Tensor] | None = None) -> Iterator[Tensors]:
+    """Eq. 11 as a block: saves the centre w, puts the model at w + v (when v is given; `find_perturbation`
+    may move it there later), and on exit, even on error, copies w back bit for bit. Yields w."""
+    w = snapshot(params)
+    if v is not None:
+        set_offset(params, w, v)
+    try:
+        yield w
+    finally:
+        restore(params, w)
+
+
+def _batchnorm_buffers(model: nn.Module) -> list[Tensor]:
+    return [
+        b
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Train-mode forward passes inside the block use batch statistics but leave BatchNorm running
+    statistics as they were (the reference ran these passes on a throw-away proxy model)."""
+    buffers = _batchnorm_buffers(model)
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        if buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 10: find v
+# ---------------------------------------------------------------------------------------------
+
+# Maps the model (at w + v) to the mean adversarial loss over the batch, 1/m sum_i l(f_{w+v}(x'_i), y_i).
+BatchLoss = Callable[[], Tensor]
+
+
+def find_perturbation(
+    model: nn.Module,
+    params: Params,
+    w: Mapping[str, Tensor],
+    v: Mapping[str, Tensor],
+    batch_loss: BatchLoss,
+    cfg: AWPConfig,
+) -> Tensors:
+    """K2 ascent steps of Eq. 10 on v (Algorithm 2 lines 11-13). The model must be at w + v on entry
+    (as `perturbed` and a previous call leave it) and is left at w + v_new. Gradients come from
+    `torch.autograd.grad` on `params` only, so their `.grad` stays clean; BatchNorm running
+    statistics are left untouched."""
+    names = list(params)
+    tensors = [params[k] for k in names]
+    w_list = [w[k] for k in names]
+    w_norms = layer_norms(w_list)  # ||w_l||: fixed while v moves
+    v_list = [v[k] for k in names]
+    with frozen_batchnorm(model), torch.enable_grad():
+        for _ in range(cfg.steps):
+            grads = torch.autograd.grad(batch_loss(), tensors, allow_unused=True)
+            with torch.no_grad():
+                # A parameter the loss does not reach gets a zero gradient, hence a zero step.
+                g = [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(grads, tensors)]
+                v_list = ascent_step(v_list, g, w_norms, cfg.eta2, cfg.gamma)  # Eq. 10 + Eq. 15
+                torch._foreach_copy_(tensors, torch._foreach_add(w_list, v_list))  # the model at w + v
+    return dict(zip(names, v_list))
+
+
+def zeros_like_params(params: Params) -> Tensors:
+    """v = 0, the start of every step of Algorithm 2."""
+    return {k: torch.zeros_like(p) for k, p in params.items()}

@@ -1,0 +1,470 @@
+"""Run files: one HDF5 file per training run, readable with plain h5py, no pickles.
+
+Layout (format "awp-landscape-run", version 1):
+
+    /                         attrs: format, format_version, config (JSON), model (JSON), status,
+                                     best_epoch, best_val_epoch, last_epoch (absent until known),
+                                     versions (JSON: awp, torch, CUDA, h5py, numpy, python), created
+    /metrics/<name>           float64 [n_epochs], one row per finished epoch (row i = epoch metrics/epoch[i])
+    /weights/epoch_0010/<key> every state-dict tensor of that epoch, fletcher32-checksummed; attrs: epoch, dtype
+    /weights/best, /last, /best_val   hard links to the matching epoch_NNNN group
+    /resume/tensors/<key>     optimizer state (by parameter name) and RNG state, as tensors
+    /resume                   attrs: epoch, state (JSON: optimizer param groups, schedule, seeds)
+
+Every change is a transaction: the file is copied to `<run>.tmp`, changed there, flushed, fsynced and
+moved over the run with `os.replace`, so a `kill -9` at any moment leaves the old or the new complete
+file. Epoch weights that are neither a `save_every` multiple nor best/best_val/last are deleted;
+the file keeps a persistent free-space map, so their space is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from awp import __version__
+from awp.attacks import AttackConfig
+from awp.errors import UserError
+
+FORMAT = "awp-landscape-run"
+FORMAT_VERSION = 1
+EPOCH_SPECS = "best, last, best_val, N, all or every:K"
+_EPOCH_GROUP = re.compile(r"^epoch_(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors <-> HDF5 (one dataset per tensor; dtypes numpy lacks are widened and named in an attribute)
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
+    dtype = str(t.dtype).removeprefix("torch.")
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.numpy(), dtype
+
+
+def write_tensors(group: h5py.Group, tensors: Mapping[str, torch.Tensor]) -> None:
+    """One dataset per tensor under `group`; non-empty arrays get fletcher32 checksums."""
+    for key, t in tensors.items():
+        arr, dtype = _to_numpy(t)
+        checks = arr.ndim > 0 and arr.size > 0  # scalars and empty arrays cannot be chunked
+        ds = group.create_dataset(key, data=arr, fletcher32=checks, chunks=True if checks else None)
+        ds.attrs["dtype"] = dtype
+
+
+def read_tensors(group: h5py.Group) -> dict[str, torch.Tensor]:
+    """Every dataset under `group` (nested names joined with '/') back as tensors, original dtypes."""
+    out: dict[str, torch.Tensor] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            t = torch.from_numpy(np.array(obj[()]))
+            dtype = obj.attrs.get("dtype")
+            if dtype is not None:
+                t = t.to(getattr(torch, str(dtype)))
+            out[name] = t
+
+    group.visititems(visit)
+    return out
+
+
+def _versions() -> dict[str, str | None]:
+    return {
+        "awp": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic transactions
+# ---------------------------------------------------------------------------------------------
+
+
+def tmp_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
+def remove_stale_tmp(path: str | Path) -> None:
+    """A `.tmp` left by a killed process is an unfinished transaction: drop it."""
+    tmp_path(path).unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def transaction(path: str | Path, *, create: bool = False) -> Iterator[h5py.File]:
+    """Change a run file all or nothing: work on `<run>.tmp` (a copy, or a new file when `create`),
+    then flush, fsync and `os.replace` it onto the run. An exception leaves the run untouched."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    if create:
+        tmp.unlink(missing_ok=True)
+        # A persistent free-space map lets later epochs reuse the space of deleted weights.
+        f = h5py.File(tmp, "w", libver="v110", fs_strategy="fsm", fs_persist=True)
+    else:
+        shutil.copyfile(path, tmp)
+        f = h5py.File(tmp, "r+")
+    try:
+        yield f
+        f.flush()
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    f.close()
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent.resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a run
+# ---------------------------------------------------------------------------------------------
+
+
+def epoch_group_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+def create_run(path: str | Path, config: Mapping[str, Any], model_meta: Mapping[str, Any]) -> None:
+    """Start a run file holding the resolved config and what rebuilds the model; no epochs yet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with transaction(path, create=True) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        f.attrs["model"] = json.dumps(model_meta, sort_keys=True)
+        f.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.attrs["status"] = "running"
+        f.create_group("metrics")
+        f.create_group("weights")
+
+
+def _best(values: np.ndarray, epochs: np.ndarray) -> int | None:
+    """The epoch with the highest value (the earliest among ties); None when nothing is finite."""
+    ok = np.isfinite(values)
+    if not ok.any():
+        return None
+    i = int(np.argmax(np.where(ok, values, -np.inf)))
+    return int(epochs[i])
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What resuming needs besides the last weights: tensors (optimizer buffers by parameter name,
+    RNG state) and JSON (param groups, schedule, seeds)."""
+
+    epoch: int
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+def commit_epoch(
+    path: str | Path,
+    epoch: int,
+    row: Mapping[str, float],
+    state_dict: Mapping[str, torch.Tensor],
+    resume: ResumeState,
+    *,
+    save_every: int,
+) -> None:
+    """Append one finished epoch in one transaction: its metrics row, its weights (always: it is the
+    new last), best/best_val/last links, and the resume state; prune weights no longer needed."""
+    with transaction(path) as f:
+        metrics = f["metrics"]
+        n = len(metrics["epoch"]) if "epoch" in metrics else 0
+        values = {"epoch": float(epoch), **{k: float(v) for k, v in row.items()}}
+        for name in set(values) | set(metrics):
+            if name not in metrics:  # a metric first seen now: earlier rows are NaN
+                metrics.create_dataset(name, data=np.full(n, np.nan), maxshape=(None,), chunks=(256,))
+            ds = metrics[name]
+            ds.resize((n + 1,))
+            ds[n] = values.get(name, np.nan)
+        epochs = metrics["epoch"][()].astype(int)
+
+        weights = f["weights"]
+        g = weights.create_group(epoch_group_name(epoch))
+        g.attrs["epoch"] = epoch
+        write_tensors(g, state_dict)
+
+        marks = {"last": epoch}
+        best = _best(metrics["test_adv_acc"][()], epochs) if "test_adv_acc" in metrics else None
+        if best is not None:
+            marks["best"] = best
+        best_val = _best(metrics["val_adv_acc"][()], epochs) if "val_adv_acc" in metrics else None
+        if best_val is not None:
+            marks["best_val"] = best_val
+        for attr in ("best", "best_val"):
+            f.attrs.pop(f"{attr}_epoch", None)
+        for mark, e in marks.items():
+            f.attrs[f"{mark}_epoch"] = e
+            if mark in weights:
+                del weights[mark]
+            weights[mark] = weights[epoch_group_name(e)]  # hard link
+        keep = set(marks.values())
+        for name in list(weights):
+            m = _EPOCH_GROUP.match(name)
+            if m and int(m.group(1)) not in keep and not (save_every > 0 and int(m.group(1)) % save_every == 0):
+                del weights[name]
+
+        if "resume" in f:
+            del f["resume"]
+        r = f.create_group("resume")
+        r.attrs["epoch"] = resume.epoch
+        r.attrs["state"] = json.dumps(resume.state, sort_keys=True)
+        write_tensors(r.create_group("tensors"), resume.tensors)
+
+
+def set_status(path: str | Path, status: str) -> None:
+    """Record why a run ended ("finished", "stopped: ..."), in its own transaction."""
+    with transaction(path) as f:
+        f.attrs["status"] = status
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_attr(f: h5py.File, key: str) -> dict[str, Any]:
+    raw = f.attrs.get(key)
+    return json.loads(raw) if raw is not None else {}
+
+
+def _opt_int(f: h5py.File, key: str) -> int | None:
+    v = f.attrs.get(key)
+    return None if v is None else int(v)
+
+
+def _ranges(epochs: list[int]) -> str:
+    """[1, 2, 3, 5, 10] -> '1-3, 5, 10' for messages."""
+    if not epochs:
+        return "none"
+    parts, start, prev = [], epochs[0], epochs[0]
+    for e in epochs[1:] + [None]:
+        if e is not None and e == prev + 1:
+            prev = e
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if e is not None:
+            start = prev = e
+    return ", ".join(parts)
+
+
+class RunReader:
+    """Read access to a run file. The file is opened per call, so a run that is still training
+    (and replaces its file after every epoch) can be read at the same time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with self._open() as f:
+            self.config: dict[str, Any] = _json_attr(f, "config")
+            self.model_meta: dict[str, Any] = _json_attr(f, "model")
+            self.versions: dict[str, Any] = _json_attr(f, "versions")
+            self.status: str = str(f.attrs.get("status", ""))
+            self.best_epoch: int | None = _opt_int(f, "best_epoch")
+            self.best_val_epoch: int | None = _opt_int(f, "best_val_epoch")
+            self.last_epoch: int | None = _opt_int(f, "last_epoch")
+            self._saved = sorted(
+                int(m.group(1)) for m in (_EPOCH_GROUP.match(k) for k in f["weights"]) if m
+            )
+
+    @contextmanager
+    def _open(self) -> Iterator[h5py.File]:
+        if not self.path.exists():
+            raise UserError(f"no run file at {str(self.path)!r}")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError:
+            raise UserError(f"{str(self.path)!r} is not an HDF5 file, so not a run file from `landscape train-awp`") from None
+        try:
+            if f.attrs.get("format") != FORMAT:
+                raise UserError(f"{str(self.path)!r} is an HDF5 file but not a {FORMAT} run file (from `landscape train-awp`)")
+            version = int(f.attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise UserError(f"{str(self.path)!r} has run-file format version {version}; this awp {__version__} reads up to {FORMAT_VERSION}")
+            yield f
+        finally:
+            f.close()
+
+    # -- epochs --------------------------------------------------------------------------------
+
+    def epochs_saved(self) -> list[int]:
+        """Epochs that have weights in the file, sorted."""
+        return list(self._saved)
+
+    def resolve_epochs(self, spec: str) -> list[int]:
+        """'best' | 'last' | 'best_val' | 'N' | 'all' (every saved epoch) | 'every:K' (saved epochs
+        divisible by K, plus best and last) -> sorted epochs that have weights."""
+        text = str(spec).strip().lower()
+        saved = self._saved
+        named = {"best": self.best_epoch, "last": self.last_epoch, "best_val": self.best_val_epoch}
+        if text in named:
+            e = named[text]
+            if e is None:
+                hint = " (the run has no --val-split)" if text == "best_val" else " (no epoch has finished yet)"
+                raise UserError(f"epoch {spec!r}: {str(self.path)!r} has no {text} epoch{hint}")
+            return [e]
+        if text == "all":
+            if not saved:
+                raise UserError(f"epoch 'all': {str(self.path)!r} has no saved epochs yet")
+            return list(saved)
+        if text.startswith("every:"):
+            k_text = text.split(":", 1)[1]
+            if not k_text.isdigit() or int(k_text) < 1:
+                raise UserError(f"epoch spec {spec!r}: K in every:K must be a positive integer; accepted: {EPOCH_SPECS}")
+            k = int(k_text)
+            out = {e for e in saved if e % k == 0}
+            out |= {e for e in (self.best_epoch, self.last_epoch) if e is not None}
+            return sorted(out)
+        if text.isdigit():
+            e = int(text)
+            if e not in saved:
+                raise UserError(
+                    f"epoch {e} has no saved weights in {str(self.path)!r}; saved epochs: {_ranges(saved)} "
+                    f"(train with --save-every to keep more)"
+                )
+            return [e]
+        raise UserError(f"epoch spec {spec!r} not understood; accepted: {EPOCH_SPECS}")
+
+    # -- weights and models --------------------------------------------------------------------
+
+    def state_dict(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Every state-dict tensor saved for `epoch` (checksums verified by HDF5 on read)."""
+        if epoch not in self._saved:
+            raise UserError(f"epoch {epoch} has no saved weights in {str(self.path)!r}; saved epochs: {_ranges(self._saved)}")
+        with self._open() as f:
+            try:
+                return read_tensors(f["weights"][epoch_group_name(epoch)])
+            except OSError as e:  # fletcher32 mismatch or truncated data
+                raise UserError(f"weights of epoch {epoch} in {str(self.path)!r} are corrupt: {e}") from None
+
+    def build_model(self, epoch: int, device: str | torch.device = "cpu") -> nn.Module:
+        """The registry model with the weights of `epoch` loaded, in eval mode, on `device`."""
+        from awp.models import create_model
+
+        meta = self.model_meta
+        model = create_model(
+            meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
+        )
+        model.load_state_dict(self.state_dict(epoch))
+        return model.to(device).eval()
+
+    # -- metrics, threat model, data -----------------------------------------------------------
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """One float64 array per metric, one row per finished epoch (`epoch` holds the epoch numbers)."""
+        with self._open() as f:
+            return {k: np.asarray(v[()]) for k, v in f["metrics"].items()}
+
+    def attack_config(self) -> AttackConfig:
+        """The training threat model: norm, eps, training step size (eta1) and steps (K1)."""
+        return AttackConfig(**self.config["attack"])
+
+    def datasets(self):
+        """(train, test) as the run used them: the exact training examples (subset, minus any
+        validation split) without augmentation, and the evaluation test set. Deterministic."""
+        from awp.rundata import run_data
+
+        c = self.config
+        data = run_data(
+            c["dataset"], c.get("data_dir", "data"), train_size=c.get("train_size", 0),
+            train_eval_size=c.get("train_eval_size", 0), val_split=c.get("val_split", 0.0),
+            test_size=c.get("test_size", 0),
+        )
+        return data.train_plain, data.test
+
+    def resume_state(self) -> ResumeState | None:
+        """The optimizer/RNG state saved with the last epoch, or None before the first epoch."""
+        with self._open() as f:
+            if "resume" not in f:
+                return None
+            r = f["resume"]
+            return ResumeState(int(r.attrs["epoch"]), read_tensors(r["tensors"]), json.loads(r.attrs["state"]))
+
+
+def open_run(path: str | Path) -> RunReader:
+    """Open a run file for reading; a missing file or one that is not a run file is a one-line `UserError`."""
+    return RunReader(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_dict(reader: RunReader, epoch: int) -> dict[str, Any]:
+    """A plain checkpoint of one epoch: tensors and plain values only, loadable with weights_only=True."""
+    meta = reader.model_meta
+    return {
+        "state_dict": reader.state_dict(epoch),
+        "arch": meta["arch"],
+        "arch_kwargs": dict(meta["arch_kwargs"]),
+        "dataset": meta["dataset"],
+        "num_classes": int(meta["num_classes"]),
+        "in_channels": int(meta["in_channels"]),
+        "mean": [float(v) for v in meta["mean"]],
+        "std": [float(v) for v in meta["std"]],
+        "epoch": int(epoch),
+        "config_json": json.dumps(reader.config, sort_keys=True),
+    }
+
+
+def export_checkpoint(run: str | Path, epoch_spec: str, out: str | Path) -> int:
+    """Write epoch `best|last|best_val|N` of `run` to `out` (torch.save of `checkpoint_dict`); returns the epoch."""
+    text = str(epoch_spec).strip().lower()
+    if text == "all" or text.startswith("every:"):
+        raise UserError(f"export takes one epoch, got {epoch_spec!r}; accepted: best, last, best_val or N")
+    reader = open_run(run)
+    epochs = reader.resolve_epochs(epoch_spec)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(checkpoint_dict(reader, epochs[0]), tmp)
+    os.replace(tmp, out)
+    return epochs[0]
+

@@ -1,0 +1,368 @@
+"""The training loop: AT and AT-AWP (Algorithm 2), per-epoch metrics, one atomic run-file commit per epoch.
+
+Every epoch's randomness (shuffle order, PGD random starts, evaluation starts, augmentation) comes from
+generators seeded by (seed, epoch, stream), so a run resumed from its last finished epoch computes
+bitwise what an uninterrupted run computes (on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from awp.attacks import AttackConfig
+from awp.config import resolve_device
+from awp.data import batches
+from awp.errors import UserError
+from awp.evaluate import evaluate
+from awp.methods import Method, get_method
+from awp.models import create_model
+from awp.perturb import AWPConfig, Params, find_perturbation, frozen_batchnorm, perturbable_params, perturbed, zeros_like_params
+from awp.rundata import RunData, run_data
+from awp.schedules import ScheduleSpec, learning_rate
+from awp.store import ResumeState, commit_epoch, create_run, open_run, remove_stale_tmp, set_status
+from awp.trainconfig import TrainConfig, config_diff, to_flat
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or inf; the run file keeps the last good epoch."""
+
+
+# Independent random streams of one epoch.
+SHUFFLE, ATTACK, EVAL_TRAIN, EVAL_TEST, EVAL_VAL, GLOBAL = range(6)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A seed for (run seed, epoch, stream), well mixed so neighbouring epochs are unrelated."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, stream))
+
+
+# ---------------------------------------------------------------------------------------------
+# One step, one epoch
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    """Sums over one batch: mean loss * n, natural / adversarial correct counts, batch size."""
+
+    loss_sum: float
+    nat_correct: int
+    adv_correct: int
+    n: int
+
+    def add(self, other: "StepResult") -> "StepResult":
+        return StepResult(
+            self.loss_sum + other.loss_sum, self.nat_correct + other.nat_correct,
+            self.adv_correct + other.adv_correct, self.n + other.n,
+        )
+
+
+def train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    method: Method,
+    x: Tensor,
+    y: Tensor,
+    attack: AttackConfig,
+    generator: torch.Generator | None,
+    awp: AWPConfig | None = None,
+    awp_params: Params | None = None,
+) -> StepResult:
+    """One SGD step of `method` on (x [B, C, H, W], y [B]); with `awp`, Algorithm 2 lines 4-15.
+
+    The model is in train mode; attacks run in train mode like the reference AT code. The natural
+    accuracy is measured at w with BatchNorm statistics left alone.
+    """
+    with torch.no_grad(), frozen_batchnorm(model):
+        nat_correct = int((model(x).argmax(1) == y).sum())
+    if awp is None:
+        x_adv = method.adversary(model, x, y, attack, generator)  # Eq. 9 at w
+        out = method.loss(model, x, x_adv, y)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+    else:
+        params = awp_params if awp_params is not None else perturbable_params(model, awp.include_1d)
+        with perturbed(params) as w:  # on exit: back at w exactly (Eq. 11's "- v")
+            v = zeros_like_params(params)  # Algorithm 2: v starts at 0 each step
+            for _ in range(awp.alternations):  # line 4: A alternations
+                x_adv = method.adversary(model, x, y, attack, generator)  # lines 5-10, Eq. 9 against w + v
+                v = find_perturbation(  # lines 11-13, Eq. 10 with Pi_gamma of Eq. 15
+                    model, params, w, v, lambda: method.loss(model, x, x_adv, y).loss, awp
+                )
+            out = method.loss(model, x, x_adv, y)  # line 15: the loss at w + v ...
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()  # ... and its gradient, taken at w + v
+    # Eq. 11: w <- (w + v) - eta3 * grad - v = w - eta3 * grad, applied at the exactly restored w. (The
+    # reference steps at w + v and then subtracts v; with weight decay the two differ by eta3 * wd * v.)
+    opt.step()
+    loss = float(out.loss.detach())
+    adv_correct = int((out.logits_adv.detach().argmax(1) == y).sum())
+    return StepResult(loss * len(y), nat_correct, adv_correct, len(y))
+
+
+class StepObserver(Protocol):
+    def __call__(self, step: int, steps: int, loss: float) -> None: ...
+
+
+@dataclass
+class EpochResult:
+    lr: float
+    fit_loss: float
+    fit_nat_acc: float
+    fit_adv_acc: float
+    awp_on: bool
+    seconds: float
+    bad_step: int | None = None  # first step whose loss was NaN/inf
+
+
+def awp_active(cfg: TrainConfig, method: Method, epoch: int) -> bool:
+    """AWP runs for AWP methods after `awp_warmup` epochs, and not at all when gamma = 0 (then the run
+    is plain AT, bit for bit)."""
+    return method.uses_awp and cfg.awp.gamma > 0 and epoch > cfg.awp_warmup
+
+
+def train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    data: RunData,
+    epoch: int,
+    device: torch.device,
+    on_step: StepObserver | None = None,
+) -> EpochResult:
+    """One epoch (1-based) over `data.train`; lr from the schedule at every step; stops at a NaN/inf loss."""
+    method = get_method(cfg.method)
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, GLOBAL))  # augmentation and anything else global
+    shuffle = epoch_generator(cfg.seed, epoch, SHUFFLE)
+    attack_gen = epoch_generator(cfg.seed, epoch, ATTACK)
+    use_awp = awp_active(cfg, method, epoch)
+    params = perturbable_params(model, cfg.awp.include_1d) if use_awp else None
+    spec = ScheduleSpec(cfg.lr, cfg.epochs, cfg.lr_milestones)
+    steps = math.ceil(len(data.train) / cfg.batch_size)
+    model.train()
+    t0 = time.perf_counter()
+    total = StepResult(0.0, 0, 0, 0)
+    first_lr = None
+    for it, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=shuffle, device=device)):
+        lr = learning_rate(cfg.lr_schedule, spec, epoch, it, steps)
+        first_lr = lr if first_lr is None else first_lr
+        for group in opt.param_groups:
+            group["lr"] = lr
+        r = train_step(model, opt, method, x, y, cfg.attack, attack_gen, cfg.awp if use_awp else None, params)
+        if not math.isfinite(r.loss_sum):
+            return EpochResult(lr, math.nan, math.nan, math.nan, use_awp, time.perf_counter() - t0, bad_step=it + 1)
+        total = total.add(r)
+        if on_step is not None:
+            on_step(it + 1, steps, r.loss_sum / r.n)
+    n = max(total.n, 1)
+    return EpochResult(
+        lr=first_lr if first_lr is not None else cfg.lr,
+        fit_loss=total.loss_sum / n,
+        fit_nat_acc=total.nat_correct / n,
+        fit_adv_acc=total.adv_correct / n,
+        awp_on=use_awp,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def evaluate_epoch(model: nn.Module, cfg: TrainConfig, data: RunData, epoch: int, device: torch.device) -> dict[str, float]:
+    """Natural and PGD (`eval_steps`) loss/accuracy in eval mode on the train subset, the test set and
+    the validation split; gap = train robust - test robust accuracy (same attack, same mode)."""
+    attack = cfg.eval_attack
+    sets = {"train": (data.train_eval, EVAL_TRAIN), "test": (data.test, EVAL_TEST)}
+    if data.val is not None:
+        sets["val"] = (data.val, EVAL_VAL)
+    row: dict[str, float] = {}
+    for name, (ds, stream) in sets.items():
+        r = evaluate(model, ds, attack, batch_size=cfg.eval_batch_size, device=device, seed=epoch_seed(cfg.seed, epoch, stream))
+        row.update({f"{name}_{k}": v for k, v in r.items()})
+    row["gap"] = row["train_adv_acc"] - row["test_adv_acc"]
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and RNG state, by parameter name (never by position)
+# ---------------------------------------------------------------------------------------------
+
+
+def optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """Optimizer buffers as {'optimizer/<param name>/<buffer>': tensor} and param groups as JSON."""
+    names = [n for n, _ in model.named_parameters()]
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            t = val if isinstance(val, Tensor) else torch.tensor(val)
+            tensors[f"optimizer/{names[idx]}/{key}"] = t
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], groups: list[dict[str, Any]]) -> None:
+    index = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        if not key.startswith("optimizer/"):
+            continue
+        name, buf = key[len("optimizer/") :].rsplit("/", 1)
+        state.setdefault(index[name], {})[buf] = t
+    param_groups = [{**g, "params": [index[n] for n in g["params"]]} for g in groups]
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def resume_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> ResumeState:
+    tensors, groups = optimizer_state(model, opt)
+    tensors["rng/torch"] = torch.get_rng_state()
+    state = {
+        "optimizer": {"type": type(opt).__name__, "param_groups": groups},
+        "schedule": {"name": cfg.lr_schedule, "lr": cfg.lr, "epochs": cfg.epochs, "milestones": list(cfg.lr_milestones), "stateless": True},
+        "rng": {"scheme": "torch.Generator seeded by numpy SeedSequence([seed, epoch, stream])", "seed": cfg.seed},
+    }
+    return ResumeState(epoch, tensors, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run
+# ---------------------------------------------------------------------------------------------
+
+
+class Reporter(Protocol):
+    """Where progress goes (a rich bar, plain lines, or nowhere)."""
+
+    def message(self, text: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, step: int, steps: int, loss: float) -> None: ...
+    def epoch_end(self, epoch: int, epochs: int, row: Mapping[str, float], best_epoch: int | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class SilentReporter:
+    def message(self, text: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, step: int, steps: int, loss: float) -> None: ...
+    def epoch_end(self, epoch: int, epochs: int, row: Mapping[str, float], best_epoch: int | None) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    path: Path
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    best_epoch: int | None = None
+    best_val_epoch: int | None = None
+    last_epoch: int | None = None
+
+
+def build_model(cfg: TrainConfig, data: RunData) -> tuple[nn.Module, dict[str, Any]]:
+    """The registry model, initialized from `cfg.seed`, and the plain values that rebuild it."""
+    info = data.info
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, info.num_classes, info.in_channels, info.mean, info.std, **cfg.arch_kwargs)
+    meta = {
+        "arch": cfg.arch, "arch_kwargs": dict(cfg.arch_kwargs), "dataset": cfg.dataset,
+        "num_classes": info.num_classes, "in_channels": info.in_channels,
+        "mean": list(info.mean), "std": list(info.std), "image_size": info.image_size,
+    }
+    return model, meta
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay on every parameter (Section 5.1)."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    """Train per `cfg`, committing every finished epoch to the run file `out`.
+
+    A new run refuses to replace an existing file unless `overwrite`; `resume` continues from the
+    last finished epoch (a missing file starts a new run) and refuses a config that differs.
+    """
+    out = Path(out)
+    rep = reporter or SilentReporter()
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    remove_stale_tmp(out)
+    data = run_data(
+        cfg.dataset, cfg.data_dir, train_size=cfg.train_size, train_eval_size=cfg.train_eval_size,
+        val_split=cfg.val_split, test_size=cfg.test_size,
+    )
+    model, meta = build_model(cfg, data)
+    model.to(device)
+    opt = make_optimizer(model, cfg)
+    start = 1
+    if out.exists() and resume:
+        reader = open_run(out)
+        diff = config_diff(TrainConfig.from_dict(reader.config), cfg)
+        if diff:
+            stored = to_flat(TrainConfig.from_dict(reader.config))
+            new = to_flat(cfg)
+            detail = ", ".join(f"{k} (run: {stored[k]!r}, now: {new[k]!r})" for k in diff)
+            raise UserError(f"cannot resume {str(out)!r}: the config differs in {detail}")
+        if reader.last_epoch is not None:
+            model.load_state_dict(reader.state_dict(reader.last_epoch))
+            st = reader.resume_state()
+            if st is not None:
+                load_optimizer_state(model, opt, st.tensors, st.state["optimizer"]["param_groups"])
+                if "rng/torch" in st.tensors:
+                    torch.set_rng_state(st.tensors["rng/torch"])
+            start = reader.last_epoch + 1
+            rep.message(f"resuming {out} after epoch {reader.last_epoch}")
+    else:
+        if out.exists() and not overwrite:
+            raise UserError(f"{str(out)!r} already exists; pass --resume to continue it or --overwrite to start over")
+        if resume:
+            rep.message(f"no run at {out}; starting a new one")
+        create_run(out, cfg.to_dict(), meta)
+
+    steps = math.ceil(len(data.train) / cfg.batch_size)
+    try:
+        for epoch in range(start, cfg.epochs + 1):
+            rep.epoch_start(epoch, cfg.epochs, steps)
+            ep = train_epoch(model, opt, cfg, data, epoch, device, on_step=rep.step)
+            if ep.bad_step is not None:
+                kept = f"epochs up to {epoch - 1}" if epoch > 1 else "no epochs"
+                set_status(out, f"stopped: non-finite loss at epoch {epoch}, step {ep.bad_step}")
+                raise NonFiniteLoss(
+                    f"training loss became NaN/inf at epoch {epoch}, step {ep.bad_step}; stopped, {str(out)!r} keeps "
+                    f"{kept} (try a smaller --lr or --gamma)"
+                )
+            t0 = time.perf_counter()
+            row: dict[str, float] = {
+                "lr": ep.lr, "fit_loss": ep.fit_loss, "fit_nat_acc": ep.fit_nat_acc, "fit_adv_acc": ep.fit_adv_acc,
+                "awp_on": float(ep.awp_on),
+            }
+            row.update(evaluate_epoch(model, cfg, data, epoch, device))
+            row["time_train"] = ep.seconds
+            row["time_eval"] = time.perf_counter() - t0
+            commit_epoch(out, epoch, row, model.state_dict(), resume_state(model, opt, cfg, epoch), save_every=cfg.save_every)
+            rep.epoch_end(epoch, cfg.epochs, row, open_run(out).best_epoch)
+        reader = open_run(out)
+        if reader.status != "finished":
+            set_status(out, "finished")
+    finally:
+        rep.close()
+    reader = open_run(out)
+    return RunResult(out, reader.metrics(), reader.best_epoch, reader.best_val_epoch, reader.last_epoch)

@@ -1,0 +1,337 @@
+"""`TrainConfig`: every setting of a training run, resolved from dataset defaults < TOML file < flags.
+
+Options have flat names (the CLI's, with underscores: `eps`, `train_steps`, `gamma`, ...); the
+threat model and AWP's knobs live in nested `AttackConfig` / `AWPConfig`, as the paper groups them.
+The resolved config is printed at start (as TOML, so it can be reused with `--config`) and stored in
+the run file; resuming under a config that differs names the differing options.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from awp.attacks import AttackConfig, threat_model
+from awp.config import parse_fraction
+from awp.data import dataset_info
+from awp.errors import UserError
+from awp.methods import get_method
+from awp.perturb import AWPConfig
+from awp.schedules import check_milestones, get_schedule
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Field defaults are the paper's CIFAR-10 settings (Section 5.1); `resolve_config`
+    applies `DATASET_DEFAULTS` for the chosen dataset (digits unless told otherwise) on top."""
+
+    dataset: str = "digits"
+    data_dir: str = "data"
+    arch: str = "preactresnet18"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    method: str = "at"
+    attack: AttackConfig = AttackConfig()  # training threat model: norm, eps, eta1, K1 (Eq. 9)
+    eval_steps: int = 20  # PGD-20 test attack (Section 4.4)
+    eval_step_size: float = 2 / 255
+    awp: AWPConfig = AWPConfig()  # gamma, K2, eta2, A (Algorithm 2)
+    awp_warmup: int = 0  # epochs of plain AT before AWP starts
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float = 0.1  # eta3 of Eq. 11
+    lr_schedule: str = "piecewise"
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # piecewise: /10 at 50% and 75% of training
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    train_size: int = 0  # 0: the whole training set
+    train_eval_size: int = 1000  # fixed train subset attacked in eval mode for the gap
+    val_split: float = 0.0
+    test_size: int = 0  # 0: the whole test set
+    save_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0: torch's default (tiny models on busy CPUs want 1)
+
+    @property
+    def eval_attack(self) -> AttackConfig:
+        """The per-epoch evaluation attack: the training threat model with `eval_steps` steps."""
+        return replace(self.attack, steps=self.eval_steps, step_size=self.eval_step_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain values (what the run file stores as JSON)."""
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["attack"] = AttackConfig(**d["attack"])
+        d["awp"] = AWPConfig(**d["awp"])
+        d["lr_milestones"] = tuple(d["lr_milestones"])
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat option names <-> fields
+# ---------------------------------------------------------------------------------------------
+
+# Options that live in a nested config: flat name -> (section, field).
+NESTED: dict[str, tuple[str, str]] = {
+    "norm": ("attack", "norm"),
+    "eps": ("attack", "eps"),
+    "train_steps": ("attack", "steps"),
+    "train_step_size": ("attack", "step_size"),
+    "gamma": ("awp", "gamma"),
+    "awp_steps": ("awp", "steps"),
+    "awp_step_size": ("awp", "step_size"),
+    "awp_alternations": ("awp", "alternations"),
+    "awp_include_1d": ("awp", "include_1d"),
+}
+
+# How each flat option is parsed: a registry of small parsers, not an if-chain.
+_STR, _INT, _FRAC, _BOOL, _DICT, _FLOATS = "str", "int", "fraction", "bool", "dict", "floats"
+KINDS: dict[str, str] = {
+    "dataset": _STR, "data_dir": _STR, "arch": _STR, "arch_kwargs": _DICT, "method": _STR,
+    "norm": _STR, "eps": _FRAC, "train_steps": _INT, "train_step_size": _FRAC,
+    "eval_steps": _INT, "eval_step_size": _FRAC,
+    "gamma": _FRAC, "awp_steps": _INT, "awp_step_size": _FRAC, "awp_alternations": _INT,
+    "awp_include_1d": _BOOL, "awp_warmup": _INT,
+    "epochs": _INT, "batch_size": _INT, "eval_batch_size": _INT,
+    "lr": _FRAC, "lr_schedule": _STR, "lr_milestones": _FLOATS, "momentum": _FRAC, "weight_decay": _FRAC,
+    "train_size": _INT, "train_eval_size": _INT, "val_split": _FRAC, "test_size": _INT,
+    "save_every": _INT, "seed": _INT, "device": _STR, "threads": _INT,
+}
+OPTIONS = tuple(KINDS)
+
+# Options that change where or how fast a run goes, not what it computes: resuming may change them.
+RUNTIME_OPTIONS = frozenset({"device", "data_dir", "eval_batch_size", "threads"})
+
+
+def _parse_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise UserError(f"{name} must be an integer, got {v!r}")
+    try:
+        return int(v)
+    except ValueError:
+        raise UserError(f"{name} must be an integer, got {v!r}") from None
+
+
+def _parse_bool(name: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise UserError(f"{name} must be true or false, got {v!r}")
+
+
+def _parse_dict(name: str, v: Any) -> dict[str, Any]:
+    if isinstance(v, str):
+        try:
+            v = json.loads(v) if v.strip() else {}
+        except json.JSONDecodeError:
+            raise UserError(f"{name} must be a JSON object like '{{\"widths\": [16, 32, 32]}}', got {v!r}") from None
+    if not isinstance(v, dict):
+        raise UserError(f"{name} must be a table/JSON object, got {v!r}")
+    return dict(v)
+
+
+def _parse_floats(name: str, v: Any) -> tuple[float, ...]:
+    items = [s for s in v.replace(",", " ").split()] if isinstance(v, str) else list(v)
+    return tuple(parse_fraction(s, name) for s in items)
+
+
+_PARSERS = {
+    _STR: lambda name, v: str(v),
+    _INT: _parse_int,
+    _FRAC: lambda name, v: parse_fraction(v, name.replace("_", " ")),
+    _BOOL: _parse_bool,
+    _DICT: _parse_dict,
+    _FLOATS: _parse_floats,
+}
+
+
+def parse_option(name: str, value: Any) -> Any:
+    """Parse one flat option from a flag or a TOML value; None stays None ("use the default")."""
+    if name not in KINDS:
+        raise UserError(f"unknown option {name!r}; accepted: {', '.join(OPTIONS)}")
+    return None if value is None else _PARSERS[KINDS[name]](name, value)
+
+
+def to_flat(cfg: TrainConfig) -> dict[str, Any]:
+    """Flat option name -> value."""
+    out: dict[str, Any] = {}
+    for name in OPTIONS:
+        if name in NESTED:
+            section, attr = NESTED[name]
+            out[name] = getattr(getattr(cfg, section), attr)
+        else:
+            out[name] = getattr(cfg, name)
+    return out
+
+
+def from_flat(flat: Mapping[str, Any]) -> TrainConfig:
+    """Build (and validate) a `TrainConfig` from flat options; missing ones keep the class defaults."""
+    top = {f.name for f in fields(TrainConfig)}
+    kw: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {"attack": {}, "awp": {}}
+    for name, value in flat.items():
+        value = parse_option(name, value)
+        if name in NESTED:
+            section, attr = NESTED[name]
+            nested[section][attr] = value
+        elif name in top:
+            kw[name] = value
+    kw["attack"] = AttackConfig(**nested["attack"])
+    kw["awp"] = AWPConfig(**nested["awp"])
+    cfg = TrainConfig(**kw)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every value check not done by the nested configs, each a one-line `UserError`."""
+    dataset_info(cfg.dataset)
+    get_method(cfg.method)
+    get_schedule(cfg.lr_schedule)
+    check_milestones(cfg.lr_milestones)
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
+    for name, v in positive.items():
+        if v < 1:
+            raise UserError(f"{name} must be >= 1, got {v}")
+    nonneg = {
+        "eval_steps": cfg.eval_steps, "awp_warmup": cfg.awp_warmup, "train_size": cfg.train_size,
+        "train_eval_size": cfg.train_eval_size, "test_size": cfg.test_size, "save_every": cfg.save_every,
+        "seed": cfg.seed, "threads": cfg.threads,
+    }
+    for name, v in nonneg.items():
+        if v < 0:
+            raise UserError(f"{name} must be >= 0, got {v}")
+    if not 0 <= cfg.momentum < 1:
+        raise UserError(f"momentum must be in [0, 1), got {cfg.momentum}")
+    if not 0 <= cfg.val_split < 1:
+        raise UserError(f"val split must be a fraction in [0, 1), got {cfg.val_split}")
+    if not math.isfinite(cfg.lr):
+        raise UserError(f"lr must be finite, got {cfg.lr}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults per dataset (and per norm for the threat model)
+# ---------------------------------------------------------------------------------------------
+
+_CIFAR = {
+    "arch": "preactresnet18", "epochs": 200, "batch_size": 128, "eval_batch_size": 256, "lr": 0.1,
+    "gamma": 5e-3,  # Section 5.1 / Appendix F
+    "awp_warmup": 0, "eval_steps": 20, "train_size": 0, "train_eval_size": 1000, "test_size": 0, "save_every": 10,
+}
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Robust overfitting on 2 CPU cores in about a minute: 300 images are few enough to memorize, so after
+    # the first lr decay train robust accuracy keeps rising (~0.55 -> ~0.71) while test robust accuracy
+    # peaks (~0.55 near epoch 75-80) and stalls or falls; the gap grows from ~0.09 to ~0.19.
+    "digits": {
+        "arch": "smallcnn", "epochs": 100, "batch_size": 30, "eval_batch_size": 500, "lr": 0.05,
+        "gamma": 0.01, "awp_warmup": 10,  # gamma 0.01 without warm-up diverged at eps 0.25
+        "eval_steps": 10, "train_size": 300, "train_eval_size": 300, "test_size": 0, "save_every": 1,
+        # One thread: as fast as two for this tiny model, and 2 threads sharing 2 busy cores ran 5-50x slower.
+        "threads": 1,
+    },
+    "cifar10": _CIFAR,
+    "cifar100": _CIFAR,
+    "svhn": {**_CIFAR, "lr": 0.01},  # Rice et al.'s SVHN learning rate
+}
+
+# (eps, training step size) per (dataset, norm); a user-set eps without a step size keeps the ratio.
+THREAT_DEFAULTS: dict[tuple[str, str], tuple[float, float]] = {
+    ("digits", "linf"): (0.25, 0.25 / 4),
+    ("digits", "l2"): (1.0, 1.0 / 4),
+    ("cifar10", "linf"): (8 / 255, 2 / 255),  # Section 4.4 / 5.1
+    ("cifar100", "linf"): (8 / 255, 2 / 255),
+    ("svhn", "linf"): (8 / 255, 1 / 255),  # Section 4.4: step 1/255 for SVHN
+    ("cifar10", "l2"): (128 / 255, 15 / 255),  # Section 4.4: L2 eps 128/255, step 15/255
+    ("cifar100", "l2"): (128 / 255, 15 / 255),
+    ("svhn", "l2"): (128 / 255, 15 / 255),
+}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Flat options from a TOML file (top-level keys with the CLI's names, '-' or '_')."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"config file {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in KINDS:
+            raise UserError(f"unknown option {key!r} in {str(path)!r}; accepted: {', '.join(OPTIONS)}")
+        out[name] = value
+    return out
+
+
+def resolve_config(
+    flags: Mapping[str, Any],
+    config_file: str | Path | None = None,
+    stored: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults (or, when resuming, the `stored` run's config) < TOML file < command-line `flags`.
+    `flags` maps flat option names to values, None meaning "not given"."""
+    user = load_toml(config_file) if config_file else {}
+    user.update({k: v for k, v in flags.items() if v is not None})
+    user = {k: parse_option(k, v) for k, v in user.items()}
+    if stored is not None:
+        return from_flat({**to_flat(TrainConfig.from_dict(stored)), **user})
+    dataset = user.get("dataset", "digits")
+    dataset_info(dataset)
+    norm = user.get("norm", "linf")
+    threat_model(norm)
+    base = DATASET_DEFAULTS.get(dataset, {})
+    eps_default, step_default = THREAT_DEFAULTS.get((dataset, norm), (None, None))
+    eps = user.get("eps", eps_default)
+    if eps is None or ("train_step_size" not in user and step_default is None):
+        raise UserError(f"no default eps for {dataset} with norm {norm}; give --eps and --train-step-size")
+    if "train_step_size" not in user:
+        # Keep the paper's step/eps ratio when only eps is given (eps/4 for CIFAR L-inf).
+        user["train_step_size"] = eps * (step_default / eps_default)
+    flat = {**to_flat(TrainConfig()), **base, "dataset": dataset, "eps": eps, **user}
+    if "eval_step_size" not in user:
+        flat["eval_step_size"] = flat["train_step_size"]
+    cfg = from_flat(flat)
+    # Store eta2 as a number (Appendix D.2's gamma / (A * K2) unless given), so the run file says it.
+    return replace(cfg, awp=replace(cfg.awp, step_size=cfg.awp.eta2))
+
+
+def config_diff(stored: TrainConfig, new: TrainConfig) -> list[str]:
+    """Flat options whose values differ, ignoring runtime-only ones (device, data_dir, ...)."""
+    a, b = to_flat(stored), to_flat(new)
+    return [k for k in OPTIONS if k not in RUNTIME_OPTIONS and a[k] != b[k]]
+
+
+def format_toml(cfg: TrainConfig) -> str:
+    """The resolved config as flat TOML lines (paste into a file for `--config`)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    return "\n".join(f"{k} = {value(v)}" for k, v in to_flat(cfg).items() if v is not None)

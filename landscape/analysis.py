@@ -1,0 +1,160 @@
+"""Robust generalization gap vs weight-landscape sharpness (Section 3, Figure 1), per run and across runs.
+
+A run file gives the gap per epoch (train robust - test robust accuracy, both with the same attack
+in eval mode); its checkpoints' 1-D on-the-fly landscapes come from the `probe` engine and are cached
+beside the run (`RUN.landscape.h5`), so asking again computes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from awp.errors import UserError
+from awp.store import open_run
+from landscape.probe import ProbeConfig, StaleResults, run_probe
+from landscape.results import ProbeResults
+from landscape.stats import Estimate, correlations
+
+SHARPNESS = ("rise", "curvature")  # fields of `landscape.metrics.Sharpness` usable as the x axis
+
+
+@dataclass
+class RunCurves:
+    """One training run's per-epoch robustness and its best/last epochs."""
+
+    path: Path
+    label: str
+    config: dict
+    epochs: np.ndarray
+    train_adv: np.ndarray  # fixed training subset, eval mode, evaluation attack
+    test_adv: np.ndarray
+    test_nat: np.ndarray
+    train_nat: np.ndarray
+    best_epoch: int | None
+    last_epoch: int | None
+
+    @property
+    def gap(self) -> np.ndarray:
+        """Robust generalization gap = train robust - test robust accuracy (Section 3)."""
+        return self.train_adv - self.test_adv
+
+    def at(self, epoch: int, values: np.ndarray) -> float:
+        idx = np.flatnonzero(self.epochs == epoch)
+        return float(values[idx[0]]) if len(idx) else float("nan")
+
+
+def run_label(config: dict) -> str:
+    """'at', 'at-awp (gamma=0.01)' ...: what distinguishes runs in legends."""
+    method = config.get("method", "?")
+    gamma = config.get("awp", {}).get("gamma")
+    return f"{method} (γ={gamma:g})" if "awp" in method and gamma is not None else method
+
+
+def run_curves(path: str | Path, label: str | None = None) -> RunCurves:
+    reader = open_run(path)
+    m = reader.metrics()
+    if len(m.get("epoch", [])) == 0:
+        raise UserError(f"{str(path)!r} has no finished epoch yet")
+    return RunCurves(
+        Path(path), label or run_label(reader.config), reader.config, m["epoch"].astype(int), m["train_adv_acc"],
+        m["test_adv_acc"], m["test_nat_acc"], m["train_nat_acc"], reader.best_epoch, reader.last_epoch,
+    )
+
+
+def landscape_path(run: str | Path) -> Path:
+    """Where the landscapes of a run's checkpoints are cached: beside the run."""
+    run = Path(run)
+    return run.with_name(run.stem + ".landscape.h5")
+
+
+@dataclass(frozen=True)
+class GapConfig:
+    """`landscape gap`: which checkpoints to probe and how (a small probe: it runs for every K-th epoch)."""
+
+    runs: tuple[str, ...]
+    every: int = 10
+    sharpness: str = "rise"
+    dirs: int = 3
+    alphas: str = "-1:1:11"
+    steps: int | None = None  # PGD steps; None: the run's training attack
+    samples: int = 200  # a fixed, class-stratified subset of the training set
+    split: str = "train"
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "figures"
+    prefix: str = "gap"
+    progress: bool = True
+    n_boot: int = 2000
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise UserError("give at least one run file")
+        if self.every < 1:
+            raise UserError(f"--every must be >= 1, got {self.every}")
+        if self.sharpness not in SHARPNESS:
+            raise UserError(f"unknown --sharpness {self.sharpness!r}; accepted: {', '.join(SHARPNESS)}")
+
+
+def probe_run(cfg: GapConfig, run: str | Path, console: Console | None = None) -> ProbeResults:
+    """Landscapes of every K-th saved checkpoint plus best and last, with the `probe` engine, cached."""
+    reader = open_run(run)
+    steps = cfg.steps if cfg.steps is not None else reader.attack_config().steps
+    pcfg = ProbeConfig(
+        checkpoint=str(run), epochs=f"every:{cfg.every}", alphas=cfg.alphas, dirs=cfg.dirs, steps=steps,
+        split=cfg.split, samples=cfg.samples, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
+        out=str(landscape_path(run)), png=str(landscape_path(run).with_suffix(".png")), progress=cfg.progress,
+    )
+    console = console or Console(quiet=True)
+    try:
+        return run_probe(pcfg, console=console).results
+    except StaleResults:  # a cache: other settings or retrained weights mean computing afresh
+        console.print(f"{pcfg.out}: cached landscapes were made with other settings; recomputing")
+        return run_probe(replace(pcfg, overwrite=True), console=console).results
+
+
+@dataclass
+class RunAnalysis:
+    """A run's curves and the landscapes of its probed checkpoints, paired by epoch."""
+
+    curves: RunCurves
+    landscapes: ProbeResults
+    epochs: np.ndarray = field(init=False)  # probed epochs [C]
+    sharpness: dict[str, np.ndarray] = field(init=False)  # name -> [C]
+    gap: np.ndarray = field(init=False)  # gap at the probed epochs [C]
+
+    def __post_init__(self) -> None:
+        sharp = self.landscapes.sharpness()
+        self.epochs = np.array([c.epoch for c in self.landscapes.checkpoints], dtype=int)
+        self.sharpness = {name: np.array([getattr(s, name) for s in sharp]) for name in SHARPNESS}
+        self.gap = np.array([self.curves.at(int(e), self.curves.gap) for e in self.epochs])
+
+
+def analyse(cfg: GapConfig, console: Console | None = None) -> list[RunAnalysis]:
+    """Curves and (cached) landscapes for every run of `cfg`."""
+    return [RunAnalysis(run_curves(r), probe_run(cfg, r, console)) for r in cfg.runs]
+
+
+def pooled(analyses: list[RunAnalysis], sharpness: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sharpness, gap) over every (run, probed epoch) with both defined: the points of Figure 1b."""
+    xs = np.concatenate([a.sharpness[sharpness] for a in analyses])
+    ys = np.concatenate([a.gap for a in analyses])
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    return xs[ok], ys[ok]
+
+
+def gap_correlations(analyses: list[RunAnalysis], sharpness: str, n_boot: int = 2000, seed: int = 0) -> dict[str, Estimate]:
+    """Pearson, Spearman and Kendall between sharpness and gap, with bootstrap 95% intervals."""
+    x, y = pooled(analyses, sharpness)
+    if len(x) < 3:
+        raise UserError(f"only {len(x)} (run, epoch) points have both a gap and a landscape; "
+                        f"probe more checkpoints (a smaller --every, or save more often with --save-every)")
+    return correlations(x, y, n_boot=n_boot, seed=seed)
+
+
+def with_runs(cfg: GapConfig, runs: list[str]) -> GapConfig:
+    return replace(cfg, runs=tuple(runs))

@@ -1,0 +1,213 @@
+"""What a probe looks at: the checkpoints of a run file (`train-awp`), or one `.pt` state dict.
+
+A `.pt` is read with `weights_only=True` only. Our export carries its architecture, dataset and
+training config; a foreign state dict needs --arch and --dataset and may carry DataParallel/DDP
+`module.` prefixes (stripped) or lack our input-normalization layer (the dataset's mean/std is used).
+Every checkpoint is identified by its file, epoch and the sha256 of its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import h5py
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from awp.attacks import AttackConfig
+from awp.errors import UserError
+from awp.models import create_model
+from landscape.results import CheckpointId, weights_sha256
+
+
+@dataclass
+class Checkpoint:
+    """One set of weights: its identity and how to build the model with them (eval mode)."""
+
+    ident: CheckpointId
+    build: Callable[[torch.device], nn.Module]
+
+
+@dataclass
+class Source:
+    """A checkpoint file, opened: its checkpoints, data, and the threat model it was trained with."""
+
+    kind: str  # "run" or "pt"
+    path: Path
+    arch: str
+    dataset: str
+    checkpoints: list[Checkpoint]
+    train_attack: AttackConfig | None  # None: the file does not say (a foreign .pt)
+    datasets: Callable[[], tuple[Dataset, Dataset]]  # (exact training set, test set), unaugmented
+
+
+def _check_same(name: str, given: str | None, stored: str, path: Path) -> None:
+    if given is not None and given != stored:
+        raise UserError(f"--{name} {given!r} contradicts {str(path)!r}, which holds a {name} {stored!r}; drop --{name}")
+
+
+def _run_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    """The training examples a run saw (subset and validation split applied, no augmentation), and its test set."""
+    from awp.rundata import run_data
+
+    data = run_data(
+        config["dataset"], config.get("data_dir", "data"), train_size=config.get("train_size", 0),
+        train_eval_size=config.get("train_eval_size", 0), val_split=config.get("val_split", 0.0),
+        test_size=config.get("test_size", 0),
+    )
+    return data.train_plain, data.test
+
+
+def _plain_datasets(dataset: str, data_dir: str) -> tuple[Dataset, Dataset]:
+    """The whole training set (unaugmented) and the test set of a dataset."""
+    from awp.data import load_dataset
+
+    splits = load_dataset(dataset, data_dir)
+    return splits.train_eval, splits.test
+
+
+# ---------------------------------------------------------------------------------------------
+# Run files
+# ---------------------------------------------------------------------------------------------
+
+
+def open_run_source(path: Path, epochs: str, arch: str | None, dataset: str | None, data_dir: str) -> Source:
+    from awp.store import open_run
+
+    reader = open_run(path)
+    meta = reader.model_meta
+    _check_same("arch", arch, meta["arch"], path)
+    _check_same("dataset", dataset, meta["dataset"], path)
+    ckpts = []
+    for e in reader.resolve_epochs(epochs):
+        sha = weights_sha256(reader.state_dict(e))
+        tags = [t for m, t in ((reader.best_epoch, "best"), (reader.last_epoch, "last")) if m == e]
+        label = f"epoch {e}" + (f" ({', '.join(tags)})" if tags else "")
+        ckpts.append(Checkpoint(CheckpointId(str(path), e, sha, label), lambda device, e=e: reader.build_model(e, device)))
+    return Source("run", path, meta["arch"], meta["dataset"], ckpts, reader.attack_config(), reader.datasets)
+
+
+# ---------------------------------------------------------------------------------------------
+# .pt files
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):  # a real torch.save archive that pickles more than tensors
+            raise UserError(
+                f"{str(path)!r} holds Python objects besides tensors; only weights_only checkpoints are read "
+                f"(save model.state_dict())"
+            ) from None
+        raise UserError(
+            f"{str(path)!r} is neither a run file (HDF5 from `landscape train-awp`) nor a PyTorch .pt checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError):
+        raise UserError(
+            f"{str(path)!r} is neither a run file (HDF5 from `landscape train-awp`) nor a PyTorch .pt checkpoint"
+        ) from None
+
+
+def _tensor_dict(obj: Any) -> dict[str, Tensor] | None:
+    if isinstance(obj, Mapping) and obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        return dict(obj)
+    return None
+
+
+def strip_prefix(sd: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
+    """Drop the `module.` that DataParallel/DDP put in front of every key."""
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def load_weights(model: nn.Module, sd: Mapping[str, Tensor], path: Path, arch: str) -> None:
+    """Load `sd` strictly; a mismatch is one line naming missing, unexpected and mis-shaped keys.
+    A state dict of the bare network (no `normalize.*`) goes into `model.net` behind our Normalize."""
+    own = model.state_dict()
+    sd = strip_prefix(sd)
+    if hasattr(model, "net") and not any(k in own for k in sd) and all(f"net.{k}" in own for k in sd):
+        sd = {**{k: v for k, v in own.items() if k.startswith("normalize.")}, **{f"net.{k}": v for k, v in sd.items()}}
+    missing = sorted(own.keys() - sd.keys())
+    unexpected = sorted(sd.keys() - own.keys())
+    shapes = [f"{k} {list(sd[k].shape)} in the file, {list(own[k].shape)} in the model"
+              for k in sorted(own.keys() & sd.keys()) if sd[k].shape != own[k].shape]
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{what} {', '.join(items[:3])}{more}")
+    if parts:
+        raise UserError(f"{str(path)!r} does not match architecture {arch!r}: {'; '.join(parts)}")
+    model.load_state_dict(sd)
+
+
+def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | None, data_dir: str) -> Source:
+    from awp.data import dataset_info
+
+    if epochs not in ("last",):
+        raise UserError(f"--epoch {epochs!r} selects epochs of a run file; {str(path)!r} is a single .pt checkpoint")
+    obj = _torch_load(path)
+    config: dict[str, Any] = {}
+    epoch = None
+    if isinstance(obj, Mapping) and "arch" in obj and _tensor_dict(obj.get("state_dict")) is not None:  # our export
+        _check_same("arch", arch, obj["arch"], path)
+        _check_same("dataset", dataset, obj["dataset"], path)
+        arch, dataset = obj["arch"], obj["dataset"]
+        sd = obj["state_dict"]
+        model = create_model(arch, int(obj["num_classes"]), int(obj["in_channels"]), obj["mean"], obj["std"],
+                             **dict(obj.get("arch_kwargs") or {}))
+        epoch = int(obj["epoch"]) if obj.get("epoch") is not None else None
+        config = json.loads(obj.get("config_json") or "{}")
+    else:  # a foreign state dict, maybe wrapped as {"state_dict": ...}
+        sd = _tensor_dict(obj) or (_tensor_dict(obj.get("state_dict")) if isinstance(obj, Mapping) else None)
+        if sd is None:
+            raise UserError(f"{str(path)!r} holds no state dict (a mapping of parameter names to tensors)")
+        if arch is None or dataset is None:
+            raise UserError(f"{str(path)!r} is a bare state dict: give --arch and --dataset to rebuild its model")
+        info = dataset_info(dataset)
+        model = create_model(arch, info.num_classes, info.in_channels, info.mean, info.std)
+    load_weights(model, sd, path, arch)
+    model.eval()
+    sha = weights_sha256(model.state_dict())
+    label = f"epoch {epoch}" if epoch is not None else path.name
+    ckpt = Checkpoint(CheckpointId(str(path), epoch, sha, label), lambda device: model.to(device).eval())
+    attack = AttackConfig(**config["attack"]) if isinstance(config.get("attack"), Mapping) else None
+    if config.get("dataset") == dataset:  # our export: the exact training set of its run
+        datasets = lambda: _run_datasets(config)  # noqa: E731
+    else:
+        datasets = lambda: _plain_datasets(dataset, data_dir)  # noqa: E731
+    return Source("pt", path, arch, dataset, [ckpt], attack, datasets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch
+# ---------------------------------------------------------------------------------------------
+
+Opener = Callable[[Path, str, "str | None", "str | None", str], Source]
+# (sniffer, opener) in order: the first whose sniffer accepts the file opens it.
+OPENERS: list[tuple[Callable[[Path], bool], Opener]] = [
+    (h5py.is_hdf5, open_run_source),
+    (lambda p: True, open_pt_source),
+]
+
+
+def open_source(
+    path: str | Path, epochs: str = "last", arch: str | None = None, dataset: str | None = None, data_dir: str = "data"
+) -> Source:
+    """Open CKPT (a run file or a .pt); a missing or unreadable file is a one-line `UserError`."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise UserError(f"no checkpoint file at {str(path)!r}")
+    for sniff, opener in OPENERS:
+        if sniff(path):
+            return opener(path, epochs, arch, dataset, data_dir)
+    raise AssertionError("the last opener accepts every file")

@@ -1,0 +1,57 @@
+"""`landscape gap`: the Figure 1 analysis for one or more runs: curves, landscapes, gap vs sharpness."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from landscape import figures
+from landscape.analysis import GapConfig, RunAnalysis, analyse, gap_correlations
+from landscape.stats import Estimate
+
+
+@dataclass
+class GapOutcome:
+    analyses: list[RunAnalysis]
+    correlations: dict[str, Estimate]
+    files: list[Path]
+
+
+def run_gap(cfg: GapConfig, console: Console | None = None) -> GapOutcome:
+    """Probe (or reuse) the landscapes of every run, correlate sharpness with the gap, draw figures."""
+    console = console or (Console() if sys.stdout.isatty() else Console(width=120))
+    analyses = analyse(cfg, console if cfg.progress else None)
+    corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
+    out = Path(cfg.out_dir)
+    p = cfg.prefix
+    files = [
+        figures.learning_curves_png([a.curves for a in analyses], out / f"{p}-curves.png"),
+        figures.landscapes_png(analyses, out / f"{p}-landscapes.png"),
+        figures.scatter_png(analyses, cfg.sharpness, corr, out / f"{p}-vs-sharpness.png"),
+        figures.save_html(figures.learning_curves_fig([a.curves for a in analyses]), out / f"{p}-curves.html"),
+        figures.save_html(figures.scatter_fig(analyses, cfg.sharpness, corr), out / f"{p}-vs-sharpness.html"),
+    ]
+    files += [figures.save_html(figures.landscape_slider_fig(a), out / f"{p}-landscapes-{i}.html")
+              for i, a in enumerate(analyses)]
+    print_gap(analyses, corr, cfg.sharpness, console)
+    console.print("figures: " + ", ".join(str(f) for f in files))
+    return GapOutcome(analyses, corr, files)
+
+
+def print_gap(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharpness: str, console: Console) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title=f"robust generalization gap vs {sharpness}")
+    for col in ("run", "epoch", "train rob.", "test rob.", "gap", sharpness, ""):
+        table.add_column(col, justify="left" if col in ("run", "") else "right")
+    for a in analyses:
+        for e, g, s in zip(a.epochs, a.gap, a.sharpness[sharpness]):
+            mark = "best" if e == a.curves.best_epoch else ("last" if e == a.curves.last_epoch else "")
+            table.add_row(a.curves.label, str(e), f"{a.curves.at(e, a.curves.train_adv):.3f}",
+                          f"{a.curves.at(e, a.curves.test_adv):.3f}", f"{g:+.3f}", f"{s:.4f}", mark)
+    console.print(table)
+    for name, est in corr.items():
+        console.print(f"{name:9s} correlation(sharpness, gap) = {est}  (bootstrap 95% interval)")

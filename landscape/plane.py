@@ -1,0 +1,341 @@
+"""`landscape plot2d`: the 2-D landscape g(alpha, beta) = rho(w + alpha d + beta e) (Appendix B.2, Figure 6),
+with PGD on the fly at every grid point, resumable, and split across torchrun ranks.
+
+Every rank computes its own share of the grid (round-robin, `grid.shard`) with no per-point
+communication; after each chunk of points one all_gather brings the results to rank 0, the only
+writer, which rewrites the results file atomically. A killed run restarts from its `done` mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from rich.console import Console
+
+from awp import __version__
+from awp.attacks import AttackConfig, threat_model
+from awp.config import check_nonnegative_int, check_positive_int
+from awp.errors import UserError
+from awp.store import transaction
+from landscape import dist, engine
+from landscape.checkpoints import open_source
+from landscape.directions import normalization, random_direction
+from landscape.grid import GridSpec, parse_grid, parse_range, shard
+from landscape.probe import SPLITS, _Bar, _probe_data, resolve_attack
+from landscape.results import CheckpointId, config_differences, flat_items
+
+FORMAT = "awp-landscape-2d"
+FORMAT_VERSION = 1
+VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
+
+
+@dataclass(frozen=True)
+class Plot2DConfig:
+    """Every option of `landscape plot2d`; the data/attack/direction options mean what they mean in `probe`."""
+
+    checkpoint: str
+    epochs: str = "last"  # one checkpoint: best | last | N
+    arch: str | None = None
+    dataset: str | None = None
+    data_dir: str = "data"
+    grid: str = "21x21"  # points along alpha x points along beta
+    range: str = "-1:1,-1:1"  # AMIN:AMAX,BMIN:BMAX
+    steps: int = 10
+    eps: float | None = None
+    step_size: float | None = None
+    norm: str | None = None
+    split: str = "train"
+    samples: int = 0
+    batch_size: int = 256
+    seed: int = 0  # d is direction 0 and e direction 1 of `probe` with the same seed
+    normalize: str = "filter"
+    include_bn: bool = False
+    bn: str = "eval"
+    bn_batches: int = 8
+    chunk: int = 4  # points per rank between two flushes of the results file
+    device: str = "auto"
+    out: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.spec()
+        for v, name in ((self.steps, "--pgd"), (self.samples, "--samples")):
+            check_nonnegative_int(v, name)
+        for v, name in ((self.batch_size, "--batch-size"), (self.bn_batches, "--bn-batches"), (self.chunk, "--chunk")):
+            check_positive_int(v, name)
+        normalization(self.normalize)
+        engine.bn_mode(self.bn)
+        if self.norm is not None:
+            threat_model(self.norm)
+        if self.split not in SPLITS:
+            raise UserError(f"unknown --split {self.split!r}; accepted: {', '.join(SPLITS)}")
+        if self.out is not None and Path(self.out).suffix.lower() not in (".h5", ".hdf5"):
+            raise UserError(f"-o {self.out!r} names the results file; give it a .h5 suffix (figures go beside it)")
+
+    def spec(self) -> GridSpec:
+        na, nb = parse_grid(self.grid)
+        ar, br = parse_range(self.range)
+        return GridSpec(na, nb, ar, br)
+
+
+# ---------------------------------------------------------------------------------------------
+# The results file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlaneResults:
+    """A 2-D landscape in memory; `save` writes it out whole, atomically.
+
+    Layout (format "awp-landscape-2d", version 1), every grid [n_alpha, n_beta] (axis 0 = alpha):
+        attrs: format, format_version, config (JSON), checkpoint (JSON: source, epoch, sha256, label),
+               runtime (JSON), dims = "alpha,beta"
+        /alphas [A], /betas [B], /directions/index [2] (d = 0, e = 1), /directions/seed
+        /adv_loss, /nat_loss, /adv_acc, /nat_acc [A, B] float64, NaN until computed; /done [A, B] bool
+        /center/<value> scalars g(0, 0) etc.; /relative [A, B] = |adv_loss - center adv_loss|
+    """
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    config: dict[str, Any]
+    checkpoint: CheckpointId
+    runtime: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    done: np.ndarray | None = None
+    center: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shape = (len(self.alphas), len(self.betas))
+        for name in VALUES:
+            self.values.setdefault(name, np.full(shape, np.nan))
+            self.center.setdefault(name, float("nan"))
+        if self.done is None:
+            self.done = np.zeros(shape, dtype=bool)
+
+    @property
+    def center_done(self) -> bool:
+        return bool(np.isfinite(self.center["adv_loss"]))
+
+    def todo(self) -> np.ndarray:
+        """Flat indices of grid points still to compute; -1 stands for the centre g(0, 0)."""
+        rest = np.flatnonzero(~self.done.reshape(-1))
+        return rest if self.center_done else np.concatenate([[-1], rest])
+
+    def set_point(self, flat: int, point: dict[str, float]) -> None:
+        if flat < 0:
+            self.center.update({k: float(point[k]) for k in VALUES})
+            return
+        i, j = divmod(int(flat), len(self.betas))
+        for k in VALUES:
+            self.values[k][i, j] = point[k]
+        self.done[i, j] = True
+
+    def relative(self) -> np.ndarray:
+        """|g(alpha, beta) - g(0, 0)| (Appendix B.2), NaN where not computed."""
+        return np.abs(self.values["adv_loss"] - self.center["adv_loss"])
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with transaction(path, create=True) as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = json.dumps(self.config, sort_keys=True)
+            f.attrs["checkpoint"] = json.dumps(asdict(self.checkpoint), sort_keys=True)
+            f.attrs["runtime"] = json.dumps(self.runtime, sort_keys=True)
+            f.attrs["dims"] = "alpha,beta"
+            f["alphas"] = self.alphas
+            f["betas"] = self.betas
+            f["directions/index"] = np.array([0, 1], dtype=np.int64)
+            f["directions/seed"] = np.full(2, self.config["seed"], dtype=np.int64)
+            for k in VALUES:
+                f[k] = self.values[k]
+                f[f"center/{k}"] = self.center[k]
+            f["done"] = self.done
+            f["relative"] = self.relative()
+
+    @classmethod
+    def load(cls, path: Path) -> "PlaneResults":
+        if not path.exists():
+            raise UserError(f"no 2-D results file at {str(path)!r}")
+        try:
+            f = h5py.File(path, "r")
+        except OSError:
+            raise UserError(f"{str(path)!r} is not an HDF5 file, so not a 2-D results file") from None
+        with f:
+            if f.attrs.get("format") != FORMAT:
+                raise UserError(f"{str(path)!r} is not a 2-D landscape results file ({FORMAT})")
+            if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
+                raise UserError(f"{str(path)!r} has a newer 2-D format than this version reads ({FORMAT_VERSION})")
+            return cls(
+                alphas=f["alphas"][()], betas=f["betas"][()], config=json.loads(f.attrs["config"]),
+                checkpoint=CheckpointId(**json.loads(f.attrs["checkpoint"])),
+                runtime=json.loads(f.attrs.get("runtime", "{}")),
+                values={k: f[k][()] for k in VALUES}, done=f["done"][()].astype(bool),
+                center={k: float(f[f"center/{k}"][()]) for k in VALUES},
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The computation
+# ---------------------------------------------------------------------------------------------
+
+
+def recorded_config(cfg: Plot2DConfig, spec: GridSpec, attack: AttackConfig, arch: str, dataset: str) -> dict[str, Any]:
+    """What decides the numbers in the file; a rerun must match it to resume."""
+    rec = {
+        "arch": arch, "dataset": dataset, "grid": [spec.n_alpha, spec.n_beta],
+        "alpha_range": list(spec.alpha_range), "beta_range": list(spec.beta_range),
+        "attack": asdict(attack), "split": cfg.split, "samples": cfg.samples, "batch_size": cfg.batch_size,
+        "seed": cfg.seed, "normalize": cfg.normalize, "include_bn": cfg.include_bn, "bn": cfg.bn,
+        "bn_batches": cfg.bn_batches if cfg.bn == "recalibrate" else 0,
+    }
+    return json.loads(json.dumps(rec))
+
+
+def _open_results(cfg: Plot2DConfig, out: Path, spec: GridSpec, config: dict, ident: CheckpointId) -> PlaneResults:
+    if out.exists() and not cfg.overwrite:
+        try:
+            old = PlaneResults.load(out)
+        except UserError:
+            raise UserError(f"{str(out)!r} exists and is not a 2-D results file; choose another -o or pass --overwrite") from None
+        a, b = flat_items(old.config), flat_items(config)
+        diff = [f"{k} (file: {a.get(k)!r}, now: {b.get(k)!r})" for k in config_differences(old.config, config)]
+        if (old.checkpoint.epoch, old.checkpoint.sha256) != (ident.epoch, ident.sha256):
+            diff.append(f"checkpoint weights (file: {old.checkpoint.label}, now: {ident.label})")
+        if diff:
+            raise UserError(f"{str(out)!r} was computed with other settings: {'; '.join(diff)}; "
+                            f"pass --overwrite to start over or -o for a new file")
+        return old
+    return PlaneResults(spec.alphas, spec.betas, config, ident)
+
+
+@dataclass
+class Plot2DOutcome:
+    results_path: Path
+    results: PlaneResults
+    points: int
+    seconds: float
+    figures: list[Path] = field(default_factory=list)
+
+
+def run_plot2d(cfg: Plot2DConfig, console: Console | None = None) -> Plot2DOutcome | None:
+    """Compute the grid (this process's share of it under torchrun), flush after every chunk, render
+    on rank 0. Returns the outcome on rank 0 and None on the other ranks."""
+    console = console or Console(stderr=True)
+    ctx = dist.init(cfg.device)
+    try:
+        return _run(cfg, ctx, console)
+    finally:
+        dist.shutdown(ctx)
+
+
+def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console) -> Plot2DOutcome | None:
+    t_start = time.perf_counter()
+    spec = cfg.spec()
+    source = open_source(cfg.checkpoint, cfg.epochs, cfg.arch, cfg.dataset, cfg.data_dir)
+    if len(source.checkpoints) != 1:
+        raise UserError(f"plot2d draws one checkpoint; --epoch {cfg.epochs!r} selects {len(source.checkpoints)}: "
+                        f"give best, last or one epoch number")
+    ckpt = source.checkpoints[0]
+    attack = resolve_attack(cfg, source.train_attack, str(source.path))  # type: ignore[arg-type]
+    config = recorded_config(cfg, spec, attack, source.arch, source.dataset)
+    out = Path(cfg.out) if cfg.out else Path(f"plot2d-{source.path.stem}.h5")
+
+    # Rank 0 validates or creates the file first; every rank then reads the same done mask.
+    refused: UserError | None = None
+    if ctx.is_main:
+        try:
+            results = _open_results(cfg, out, spec, config, ckpt.ident)
+            results.runtime = {**results.runtime, "device": str(ctx.device), "world": ctx.world,
+                               "awp": __version__, "torch": torch.__version__}
+            results.save(out)
+        except UserError as e:
+            refused = e
+    if dist.broadcast_flag(ctx, refused is not None):
+        if refused is not None:
+            raise refused
+        return None
+    if not ctx.is_main:
+        results = PlaneResults.load(out)
+    todo = results.todo()
+    mine = shard(todo, ctx.rank, ctx.world)
+    per_rank = math.ceil(len(todo) / ctx.world) if len(todo) else 0
+    rounds = math.ceil(per_rank / cfg.chunk) if per_rank else 0
+    points = 0
+    if rounds:
+        model = ckpt.build(ctx.device).eval()
+        batches, bn_inputs, n = _probe_data(cfg, source, attack, ctx.device)  # type: ignore[arg-type]
+        with engine.frozen(model):
+            base = engine.snapshot(model)
+            w_cpu = {k: t.to("cpu") for k, t in base.items()}
+            # d and e: directions 0 and 1 of `probe` with this seed (Alg. 1 lines 2-7, twice)
+            dirs = [random_direction(w_cpu, cfg.seed, k, cfg.normalize, cfg.include_bn) for k in (0, 1)]
+            dirs = [{k: t.to(base[k].device, base[k].dtype) for k, t in d.items()} for d in dirs]
+            if ctx.is_main:
+                console.print(f"plot2d: {len(todo)} of {spec.size + 1} points to compute "
+                              f"({spec.n_alpha}x{spec.n_beta} grid and its centre) on {ctx.world} process(es), "
+                              f"{n} examples, PGD-{attack.steps}")
+            t_compute = time.perf_counter()
+            with _Bar(len(todo), cfg.progress and ctx.is_main) as bar:
+                for r in range(rounds):
+                    chunk = mine[r * cfg.chunk : (r + 1) * cfg.chunk]
+                    rows = torch.full((cfg.chunk, 1 + len(VALUES)), -2.0, dtype=torch.float64)  # -2: padding
+                    for slot, flat in enumerate(chunk):
+                        a, b = (0.0, 0.0) if flat < 0 else spec.coords(flat)
+                        sums = engine.evaluate_at(model, dirs, [a, b], batches, attack, base=base, bn=cfg.bn,
+                                                  bn_inputs=bn_inputs)  # Eq. 5 at w + alpha d + beta e
+                        point = sums.reduce()
+                        rows[slot] = torch.tensor([float(flat)] + [point[k] for k in VALUES], dtype=torch.float64)
+                    gathered = dist.gather_rows(ctx, rows)  # one collective per chunk, not per point
+                    if ctx.is_main:
+                        for row in gathered.tolist():
+                            if row[0] >= -1:
+                                results.set_point(int(row[0]), dict(zip(VALUES, row[1:])))
+                                bar.advance()
+                                points += 1
+                        elapsed = time.perf_counter() - t_compute
+                        results.runtime["compute_seconds"] = results.runtime.get("compute_seconds", 0.0) + elapsed
+                        t_compute = time.perf_counter()
+                        results.save(out)
+                        if r == 0 and rounds > 1:
+                            per_round = elapsed
+                            console.print(f"estimated total: {per_round * rounds:.0f} s "
+                                          f"({per_round / max(1, len(gathered)):.2f} s per point over {ctx.world} process(es))")
+    if not ctx.is_main:
+        return None
+    figures = render(results, out)
+    console.print(f"results: {out}\nfigures: {', '.join(str(p) for p in figures)}")
+    return Plot2DOutcome(out, results, points, time.perf_counter() - t_start, figures)
+
+
+def render(results: PlaneResults, out: Path) -> list[Path]:
+    """Contour PNG, 3-D surface PNG and interactive HTML beside the results file."""
+    from landscape.plot_2d import save_contour_png, save_html, save_surface_png
+
+    rel = results.relative()
+    ck = results.checkpoint
+    att = results.config["attack"]
+    title = (f"{results.config['arch']} {ck.label}: |g(α,β) − g(0,0)|, PGD-{att['steps']} "
+             f"{att['norm']} eps={att['eps']:.3g}, g(0,0)={results.center['adv_loss']:.3f}")
+    paths = [out.with_name(out.stem + "-contour.png"), out.with_name(out.stem + "-surface.png"), out.with_suffix(".html")]
+    save_contour_png(results.alphas, results.betas, rel, paths[0], title)
+    save_surface_png(results.alphas, results.betas, rel, paths[1], title)
+    save_html(results.alphas, results.betas, results.values, rel, paths[2], title)
+    return paths
+
+
+def rerender(path: str | Path, console: Console | None = None) -> list[Path]:
+    """`landscape plot2d --from RESULTS.h5`: redraw the figures without computing."""
+    results = PlaneResults.load(Path(path))
+    figures = render(results, Path(path))
+    (console or Console(stderr=True)).print(f"figures: {', '.join(str(p) for p in figures)}")
+    return figures

@@ -1,0 +1,89 @@
+"""The 1-D landscape PNG in the style of Figure 1 / Figure 5: rho(w + alpha d) against alpha, one thin
+line per direction and their mean in bold; several checkpoints coloured along a scale with a colorbar."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+
+from landscape.results import ProbeResults  # noqa: E402
+
+SINGLE_COLOUR = "#1f5fa8"
+COLOUR_SCALE = "viridis"  # early epochs dark, late epochs yellow
+
+
+def _colours(results: ProbeResults) -> tuple[list, ScalarMappable | None, str]:
+    """One colour per checkpoint: along the colour scale by epoch (or by order) when there are several."""
+    n = len(results.checkpoints)
+    if n == 1:
+        return [SINGLE_COLOUR], None, ""
+    epochs = [c.epoch for c in results.checkpoints]
+    if all(e is not None for e in epochs):
+        keys, label = np.asarray(epochs, dtype=float), "epoch"
+    else:
+        keys, label = np.arange(n, dtype=float), "checkpoint"
+    norm = Normalize(keys.min(), keys.max() if keys.max() > keys.min() else keys.min() + 1)
+    base = plt.get_cmap(COLOUR_SCALE)
+    cmap = ListedColormap(base(np.linspace(0.0, 0.88, 256)))  # stop before viridis' palest yellow
+    sm = ScalarMappable(norm=norm, cmap=cmap)
+    return [sm.to_rgba(k) for k in keys], sm, label
+
+
+def _title(results: ProbeResults) -> str:
+    cfg = results.config
+    att = cfg.get("attack", {})
+    loss = f"PGD-{att.get('steps')} {att.get('norm')} eps={att.get('eps', float('nan')):.3g}" if att.get("steps") else "natural loss"
+    fixed = ", fixed examples from w (ablation)" if cfg.get("fixed_adv") else ", examples on the fly"
+    fixed = fixed if att.get("steps") else ""
+    head = f"{cfg.get('arch')} on {cfg.get('dataset')} ({cfg.get('split')})"
+    return f"{head}\n{loss}{fixed}, {results.dirs} {cfg.get('normalize')}-normalized direction(s), BN {cfg.get('bn')}"
+
+
+def save_probe_png(results: ProbeResults, path: str | Path) -> None:
+    """Draw rho against alpha for every checkpoint and direction; NaN (not yet computed) is left blank.
+    Written to a temporary file and moved into place."""
+    path = Path(path)
+    alphas = results.alphas
+    adv = results.values["adv_loss"]  # [C, D, A]
+    colours, sm, label = _colours(results)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for c, ckpt in enumerate(results.checkpoints):
+        curves = adv[c]
+        complete = curves[np.isfinite(curves).all(axis=1)]
+        for row in curves:
+            if np.isfinite(row).any():
+                ax.plot(alphas, row, color=colours[c], lw=0.7, alpha=0.4)  # one direction
+        if len(complete):
+            name = f"{ckpt.label}: mean of {len(complete)}" if sm is None else None
+            ax.plot(alphas, complete.mean(axis=0), color=colours[c], lw=2.4, label=name)  # bold mean
+    proxy = SINGLE_COLOUR if sm is None else "0.35"
+    if sm is not None:
+        ax.plot([], [], color=proxy, lw=2.4, label="mean over directions")
+        bar = fig.colorbar(sm, ax=ax, label=label, pad=0.02)
+        if label == "epoch" or len(results.checkpoints) < 10:
+            bar.locator = MaxNLocator(integer=True)
+            bar.update_ticks()
+    ax.plot([], [], color=proxy, lw=0.7, alpha=0.6, label="single directions")
+    ax.legend(frameon=False, fontsize=9, loc="upper center")
+    ax.axvline(0.0, color="0.6", lw=0.6, ls=":", zorder=0)
+    ax.set_xlabel(r"$\alpha$")
+    natural = not results.config.get("attack", {}).get("steps")
+    ax.set_ylabel(r"natural loss $L(w + \alpha d)$" if natural else r"adversarial loss $\rho(w + \alpha d)$")
+    ax.set_xlim(alphas[0], alphas[-1])
+    ax.set_title(_title(results), fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=140)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,354 @@
+"""`landscape probe`: the 1-D weight loss landscape of Eq. 5 / Algorithm 1, with repeated directions
+(Appendix B.2), for one or many checkpoints, resumable, with sharpness numbers and a Figure-1-style PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from awp import __version__
+from awp.attacks import AttackConfig, threat_model
+from awp.config import check_nonnegative_int, check_positive_int, resolve_device
+from awp.data import class_stratified_subset
+from awp.errors import UserError
+from landscape import coords, engine, metrics
+from landscape.checkpoints import Source, open_source
+from landscape.directions import normalization, random_direction
+from landscape.results import ProbeResults, config_differences, flat_items
+
+SPLITS = ("train", "test")  # Algorithm 1 uses the training data
+# Keys that change only how the numbers are shown, not the numbers: a resumed probe may change them.
+VIEW_KEYS = ("radius", "fit_radius")
+
+
+class StaleResults(UserError):
+    """The results file exists but was computed with other settings or other weights."""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Every option of `landscape probe`; None means "from the checkpoint" (run files know their
+    training threat model) or "derived" (radius: half the alpha range on the shorter side)."""
+
+    checkpoint: str
+    epochs: str = "last"  # run files: best | last | N | all | every:K
+    arch: str | None = None  # a foreign .pt needs these two
+    dataset: str | None = None
+    data_dir: str = "data"
+    alphas: str = "-1:1:41"  # MIN:MAX:NUM, Figure 1's range
+    dirs: int = 10  # Appendix B.2 repeats the plot along 10 directions
+    steps: int = 10  # PGD-10 (K1) as in the paper; 0 = natural loss landscape
+    eps: float | None = None
+    step_size: float | None = None  # PGD step eta1; default: the training one, or eps / 4
+    norm: str | None = None
+    split: str = "train"
+    samples: int = 0  # 0 = every example of the split
+    batch_size: int = 256
+    seed: int = 0  # directions (seed, k), random starts and the subset
+    normalize: str = "filter"  # Eq. 5 / Alg. 1 lines 3-7
+    include_bn: bool = False  # 1-D parameters (biases, BN) get a direction too
+    fixed_adv: bool = False  # the ablation: examples made once at w and reused
+    bn: str = "eval"  # eval | recalibrate
+    bn_batches: int = 8  # training batches that re-estimate BN statistics per point
+    radius: float | None = None  # |alpha| of the sharpness rise
+    device: str = "auto"
+    out: str | None = None  # results .h5; default probe-<checkpoint stem>.h5
+    png: str | None = None  # default: beside the results file
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        alphas = coords.parse_range(self.alphas, "--alphas")
+        if len(alphas) < metrics.MIN_FIT_POINTS:
+            raise UserError(f"--alphas {self.alphas!r} has {len(alphas)} points; the curvature fit needs at least "
+                            f"{metrics.MIN_FIT_POINTS}")
+        if not alphas[0] < 0 < alphas[-1]:
+            raise UserError(f"--alphas {self.alphas!r} must have MIN < 0 < MAX: the landscape is centred on w "
+                            f"(alpha = 0) and sharpness compares both sides")
+        check_positive_int(self.dirs, "--dirs")
+        check_nonnegative_int(self.steps, "--pgd")
+        check_nonnegative_int(self.samples, "--samples")
+        check_positive_int(self.batch_size, "--batch-size")
+        check_positive_int(self.bn_batches, "--bn-batches")
+        normalization(self.normalize)
+        engine.bn_mode(self.bn)
+        if self.norm is not None:
+            threat_model(self.norm)
+        if self.split not in SPLITS:
+            raise UserError(f"unknown --split {self.split!r}; accepted: {', '.join(SPLITS)}")
+        for name, v in (("--eps", self.eps), ("--pgd-step", self.step_size)):
+            if v is not None and not v >= 0:
+                raise UserError(f"{name} must be >= 0, got {v}")
+        if self.radius is not None:
+            metrics.check_radius(alphas, self.radius)
+        if self.out is not None and Path(self.out).suffix.lower() not in (".h5", ".hdf5"):
+            raise UserError(f"-o {self.out!r} names the results file; give it a .h5 suffix (the PNG goes beside it)")
+
+
+@dataclass
+class ProbeOutcome:
+    results_path: Path
+    png_path: Path
+    results: ProbeResults
+    points: int  # points computed by this call
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution: threat model, config recorded in the file, data
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_attack(cfg: ProbeConfig, trained: AttackConfig | None, source: str) -> AttackConfig:
+    """--eps/--pgd-step/--norm, defaulting to the training threat model the file records."""
+    norm = cfg.norm or (trained.norm if trained else "linf")
+    if cfg.steps == 0 and cfg.eps is None and trained is None:  # the natural landscape needs no radius
+        return AttackConfig(norm=norm, eps=0.0, step_size=0.0, steps=0)
+    if cfg.eps is None:
+        if trained is None:
+            raise UserError(f"{source!r} does not record its training threat model; give --eps (and --norm, --pgd-step)")
+        if norm != trained.norm:
+            raise UserError(f"--norm {norm} differs from the training threat model ({trained.norm}); give --eps too")
+        eps = trained.eps
+        step = cfg.step_size if cfg.step_size is not None else trained.step_size
+    else:
+        eps = cfg.eps
+        step = cfg.step_size if cfg.step_size is not None else eps / 4  # the paper's 2/255 for 8/255
+    return AttackConfig(norm=norm, eps=eps, step_size=step, steps=cfg.steps)
+
+
+def recorded_config(cfg: ProbeConfig, source: Source, attack: AttackConfig, alphas: np.ndarray) -> dict[str, Any]:
+    """Everything that decides the numbers in the results file (JSON-normalized)."""
+    radius = metrics.default_radius(alphas) if cfg.radius is None else cfg.radius
+    if cfg.radius is None:
+        metrics.check_radius(alphas, radius)
+    rec = {
+        "checkpoint": str(source.path),
+        "kind": source.kind,
+        "epochs": [c.ident.epoch for c in source.checkpoints],
+        "arch": source.arch,
+        "dataset": source.dataset,
+        "alphas": [float(alphas[0]), float(alphas[-1]), len(alphas)],
+        "dirs": cfg.dirs,
+        "seed": cfg.seed,
+        "normalize": cfg.normalize,
+        "include_bn": cfg.include_bn,
+        "attack": asdict(attack),
+        "split": cfg.split,
+        "samples": cfg.samples,
+        "batch_size": cfg.batch_size,
+        "fixed_adv": cfg.fixed_adv,
+        "bn": cfg.bn,
+        "bn_batches": cfg.bn_batches if cfg.bn == "recalibrate" else 0,
+        "radius": radius,
+        "fit_radius": radius / 2,
+    }
+    return json.loads(json.dumps(rec))
+
+
+def _short(v: Any) -> str:
+    """A value for a one-line message: long lists (e.g. 200 epochs) are elided."""
+    if isinstance(v, list) and len(v) > 6:
+        return f"[{', '.join(map(str, v[:3]))}, ..., {v[-1]}] ({len(v)} items)"
+    return repr(v)
+
+
+def _open_results(cfg: ProbeConfig, out: Path, source: Source, config: dict[str, Any], alphas: np.ndarray) -> ProbeResults:
+    """A new results object, or the existing file's when it was made with the same settings and weights."""
+    idents = [c.ident for c in source.checkpoints]
+    if out.exists() and not cfg.overwrite:
+        try:
+            old = ProbeResults.load(out)
+        except UserError:
+            raise UserError(f"{str(out)!r} exists and is not a probe results file; choose another -o or pass --overwrite") from None
+        a, b = flat_items(old.config), flat_items(config)
+        diff = [f"{k} (file: {_short(a.get(k))}, now: {_short(b.get(k))})"
+                for k in config_differences(old.config, config) if k not in VIEW_KEYS]
+        stale = [c.label for c, o in zip(idents, old.checkpoints) if (c.epoch, c.sha256) != (o.epoch, o.sha256)]
+        if stale:
+            diff.append(f"weights of {', '.join(stale[:3])}")
+        if diff:
+            raise StaleResults(
+                f"{str(out)!r} was computed with other settings ({', '.join(diff)}); "
+                f"pass --overwrite to start over or -o for a new file"
+            )
+        old.config = config  # a new radius only changes the sharpness view
+        return old
+    return ProbeResults(alphas=alphas, seed=cfg.seed, dirs=cfg.dirs, checkpoints=idents, config=config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------------
+
+
+class _Bar:
+    """A rich progress bar over (checkpoint, direction, alpha) points with ETA, on stderr."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=Console(stderr=True), disable=not enabled, transient=False,
+        )
+        self.task = self.progress.add_task("probe", total=total)
+
+    def __enter__(self) -> "_Bar":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def describe(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
+
+    def advance(self) -> None:
+        self.progress.advance(self.task)
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe
+# ---------------------------------------------------------------------------------------------
+
+
+def _probe_data(cfg: ProbeConfig, source: Source, attack: AttackConfig, device: torch.device):
+    """Fixed batches with their random starts, and the clean inputs BN recalibration uses."""
+    train_ds, test_ds = source.datasets()
+    ds = class_stratified_subset({"train": train_ds, "test": test_ds}[cfg.split], cfg.samples, cfg.seed)
+    batches = engine.fixed_batches(ds, cfg.batch_size, attack, seed=cfg.seed, device=device)
+    bn_inputs: list[torch.Tensor] = []
+    if cfg.bn == "recalibrate":
+        calib = class_stratified_subset(train_ds, cfg.bn_batches * cfg.batch_size, cfg.seed + 1)
+        natural = AttackConfig(attack.norm, attack.eps, attack.step_size, steps=0)
+        bn_inputs = [b.x for b in engine.fixed_batches(calib, cfg.batch_size, natural, cfg.seed, device)]
+    return batches, bn_inputs, len(ds)
+
+
+def _curves(
+    cfg: ProbeConfig, results: ProbeResults, source: Source, attack: AttackConfig, device: torch.device,
+    batches: list[engine.ProbeBatch], bn_inputs: list[torch.Tensor], bar: _Bar,
+) -> Iterator[tuple[int, int, float]]:
+    """Compute every pending (checkpoint, direction), yielding (c, k, seconds) after each."""
+    alphas = results.alphas
+    for c, ckpt in enumerate(source.checkpoints):
+        todo = results.pending(c)
+        if not todo:
+            continue
+        model = ckpt.build(device).eval()
+        with engine.frozen(model):
+            base = engine.snapshot(model)
+            w_cpu = {n: t.to("cpu") for n, t in base.items()}  # directions come from CPU weights
+            fixed = None
+            if cfg.fixed_adv:  # the ablation: examples made once against w
+                with engine.bn_mode(cfg.bn)(model, bn_inputs):
+                    fixed = engine.adversarial_examples(model, batches, attack)
+            for k in todo:
+                bar.describe(f"{ckpt.ident.label} · dir {k + 1}/{cfg.dirs}")
+                d = random_direction(w_cpu, cfg.seed, k, cfg.normalize, cfg.include_bn)  # Alg. 1 lines 2-7
+                t0 = time.perf_counter()
+                for i, sums in engine.sweep(model, [d], alphas[:, None], batches, attack, base=base, bn=cfg.bn,
+                                            bn_inputs=bn_inputs, fixed_adv=fixed):  # Alg. 1 lines 8-16
+                    results.set_point(c, k, i, sums.reduce())
+                    bar.advance()
+                yield c, k, time.perf_counter() - t0
+        del model, base
+
+
+def _console() -> Console:
+    """stdout; 120 columns when it is not a terminal (rich would wrap the table at 80)."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
+def run_probe(cfg: ProbeConfig, console: Console | None = None) -> ProbeOutcome:
+    """Probe every selected checkpoint along `dirs` directions, flushing the results file after each
+    direction, then write the PNG and print the sharpness table."""
+    console = console or _console()
+    t_start = time.perf_counter()
+    alphas = coords.parse_range(cfg.alphas, "--alphas")
+    device = resolve_device(cfg.device)
+    source = open_source(cfg.checkpoint, cfg.epochs, cfg.arch, cfg.dataset, cfg.data_dir)
+    attack = resolve_attack(cfg, source.train_attack, str(source.path))
+    config = recorded_config(cfg, source, attack, alphas)
+    out = Path(cfg.out) if cfg.out else Path(f"probe-{source.path.stem}.h5")
+    png = Path(cfg.png) if cfg.png else out.with_suffix(".png")
+    results = _open_results(cfg, out, source, config, alphas)
+    results.runtime = {**results.runtime, "device": str(device), "awp": __version__, "torch": torch.__version__}
+    total = sum(len(results.pending(c)) for c in range(len(source.checkpoints))) * len(alphas)
+    points = 0
+    if total:
+        batches, bn_inputs, n = _probe_data(cfg, source, attack, device)
+        results.runtime["examples"] = n
+        with _Bar(total, cfg.progress) as bar:
+            for c, k, seconds in _curves(cfg, results, source, attack, device, batches, bn_inputs, bar):
+                results.seconds[c, k] = seconds
+                results.runtime["compute_seconds"] = results.runtime.get("compute_seconds", 0.0) + seconds
+                results.save(out)  # flush per (checkpoint, direction): a resume starts here
+                points += len(alphas)
+    else:
+        console.print(f"{out}: every point is already computed; re-rendering")
+        results.save(out)  # records a changed --radius
+    render(results, png)
+    print_summary(results, console, out, png)
+    return ProbeOutcome(out, png, results, points, time.perf_counter() - t_start)
+
+
+def render(results: ProbeResults, png: Path) -> None:
+    from landscape.plot import save_probe_png
+
+    save_probe_png(results, png)
+
+
+def rerender(results_path: str | Path, png: str | None = None, radius: float | None = None,
+             console: Console | None = None) -> ProbeOutcome:
+    """`landscape probe --from RESULTS.h5`: redraw the PNG and reprint the table, no computing."""
+    console = console or _console()
+    path = Path(results_path)
+    results = ProbeResults.load(path)
+    if radius is not None:
+        metrics.check_radius(results.alphas, radius)
+        results.config = {**results.config, "radius": radius, "fit_radius": radius / 2}
+    out_png = Path(png) if png else path.with_suffix(".png")
+    render(results, out_png)
+    print_summary(results, console, path, out_png)
+    return ProbeOutcome(path, out_png, results, 0, 0.0)
+
+
+def _fmt(v: float, spec: str = ".4f") -> str:
+    return "–" if not np.isfinite(v) else format(v, spec)
+
+
+def print_summary(results: ProbeResults, console: Console, out: Path, png: Path) -> None:
+    """The sharpness table (one row per checkpoint) and where the files are."""
+    sharp = results.sharpness()
+    r = sharp[0].radius if sharp else float("nan")
+    att = results.config.get("attack", {})
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=(f"sharpness of rho (PGD-{att.get('steps')}, {att.get('norm')}, eps={att.get('eps', float('nan')):.4g})"
+               if att.get("steps") else "sharpness of the natural loss (--pgd 0)"),
+        caption=f"rise: (rho(r) + rho(-r))/2 - rho(0) at r={r:g}; curvature: rho''(0) of a quadratic fit on "
+                f"|alpha| <= {r / 2:g}; ± std across directions",
+    )
+    for col in ("checkpoint", "rho(0)", "acc(0)", "rise", "± std", "curvature", "± std", "dirs"):
+        table.add_column(col, justify="left" if col == "checkpoint" else "right")
+    i0 = int(np.argmin(np.abs(results.alphas)))
+    for c, (ckpt, s) in enumerate(zip(results.checkpoints, sharp)):
+        acc0 = results.values["adv_acc"][c, :, i0]
+        acc0 = float(np.nanmean(acc0)) if np.isfinite(acc0).any() else float("nan")
+        table.add_row(ckpt.label, _fmt(s.rho0), _fmt(acc0, ".3f"), _fmt(s.rise), _fmt(s.rise_std), _fmt(s.curvature, ".3f"),
+                      _fmt(s.curvature_std, ".3f"), f"{s.n_dirs}/{results.dirs}")
+    console.print(table)
+    console.print(f"results: {out}\nfigure:  {png}")

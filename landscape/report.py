@@ -1,0 +1,133 @@
+"""`landscape report`: one self-contained HTML page per study: configs, learning curves, 1-D landscapes
+with an epoch slider, any 2-D landscapes of the runs, gap vs sharpness, and best/last accuracies.
+
+plotly.js is inlined once; the page makes no network request, so it opens offline and can be mailed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from landscape import figures
+from landscape.analysis import GapConfig, RunAnalysis, analyse, gap_correlations
+from landscape.plane import FORMAT as PLANE_FORMAT
+from landscape.plane import PlaneResults
+from landscape.plot_2d import html_figure
+from landscape.stats import Estimate
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { padding: 4px 10px; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f8f8f8; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def find_planes(run: Path) -> list[PlaneResults]:
+    """2-D results files in the run's directory whose checkpoint came from this run."""
+    found = []
+    for p in sorted(run.parent.glob("*.h5")):
+        try:
+            with h5py.File(p, "r") as f:
+                if f.attrs.get("format") != PLANE_FORMAT:
+                    continue
+        except OSError:
+            continue
+        res = PlaneResults.load(p)
+        if Path(res.checkpoint.source).resolve() == run.resolve():
+            found.append(res)
+    return found
+
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def accuracy_table(analyses: list[RunAnalysis]) -> str:
+    """Best and last natural/robust test accuracy per run (never best alone), with the gap."""
+    rows = []
+    for a in analyses:
+        c = a.curves
+        for which, e in (("best", c.best_epoch), ("last", c.last_epoch)):
+            if e is None:
+                continue
+            rows.append(
+                f"<tr><td>{html.escape(c.label)}</td><td>{html.escape(c.path.name)}</td><td>{which}</td>"
+                f"<td class=num>{e}</td><td class=num>{_fmt(c.at(e, c.test_nat))}</td>"
+                f"<td class=num>{_fmt(c.at(e, c.test_adv))}</td><td class=num>{_fmt(c.at(e, c.train_adv))}</td>"
+                f"<td class=num>{_fmt(c.at(e, c.gap))}</td></tr>"
+            )
+    head = ("<tr><th>run</th><th>file</th><th></th><th>epoch</th><th>test natural</th><th>test robust</th>"
+            "<th>train robust</th><th>gap</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def correlation_table(corr: dict[str, Estimate], n: int) -> str:
+    rows = "".join(f"<tr><td>{k}</td><td class=num>{v.value:+.3f}</td><td class=num>[{v.lo:+.3f}, {v.hi:+.3f}]</td></tr>"
+                   for k, v in corr.items())
+    return (f"<table><tr><th>correlation (sharpness, gap)</th><th>value</th><th>bootstrap 95% interval</th></tr>{rows}"
+            f"</table><p class=note>{n} (run, epoch) points.</p>")
+
+
+@dataclass
+class Section:
+    title: str
+    body: str
+
+
+def build_report(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharpness: str, title: str) -> str:
+    import plotly.offline
+
+    def fig_html(fig) -> str:
+        return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+    sections = [Section("Best and last accuracy", accuracy_table(analyses))]
+    sections.append(Section("Learning curves", fig_html(figures.learning_curves_fig([a.curves for a in analyses]))))
+    sections.append(Section("Weight loss landscapes (1-D, PGD on the fly; slider: epoch)",
+                            "".join(fig_html(figures.landscape_slider_fig(a)) for a in analyses)))
+    n = sum(int(np.isfinite(a.sharpness[sharpness]).sum()) for a in analyses)
+    sections.append(Section("Robust generalization gap vs sharpness",
+                            fig_html(figures.scatter_fig(analyses, sharpness, corr)) + correlation_table(corr, n)))
+    planes = [(a, p) for a in analyses for p in find_planes(a.curves.path)]
+    if planes:
+        body = ""
+        for a, p in planes:
+            att = p.config["attack"]
+            t = f"{a.curves.label} {p.checkpoint.label}: |g(α,β) − g(0,0)|, PGD-{att['steps']}"
+            body += fig_html(html_figure(p.alphas, p.betas, p.values, p.relative(), t))
+        sections.append(Section("2-D landscapes", body))
+    configs = "".join(
+        f"<details><summary>{html.escape(a.curves.label)} — {html.escape(str(a.curves.path))}</summary>"
+        f"<pre>{html.escape(json.dumps(a.curves.config, indent=2, sort_keys=True))}</pre>"
+        f"<p class=note>landscape probe: {html.escape(json.dumps(a.landscapes.config, sort_keys=True))}</p></details>"
+        for a in analyses
+    )
+    sections.append(Section("Configurations", configs))
+    body = "".join(f"<h2>{html.escape(s.title)}</h2>\n{s.body}\n" for s in sections)
+    js = plotly.offline.get_plotlyjs()
+    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style><script type=\"text/javascript\">{js}</script></head>"
+            f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def write_report(cfg: GapConfig, out: str | Path, title: str = "Weight loss landscape report",
+                 analyses: list[RunAnalysis] | None = None) -> Path:
+    """Analyse the runs (reusing cached landscapes) and write the page atomically."""
+    analyses = analyses if analyses is not None else analyse(cfg)
+    corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
+    page = build_report(analyses, corr, cfg.sharpness, title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,208 @@
+"""Probe results files: HDF5, plain arrays, no pickles; rewritten atomically after every direction.
+
+Layout (format "awp-landscape-probe", version 1; C checkpoints, D directions, A alphas):
+
+    /                          attrs: format, format_version, config (JSON: what decides the numbers),
+                                      runtime (JSON: device, versions), created, updated
+    /alphas                    float64 [A]
+    /directions/seed, /index   int64 [D]: direction k is regenerated from (seed, k)
+    /checkpoints/source        str [C]: absolute path of the run or .pt file
+    /checkpoints/epoch         float64 [C] (NaN for a foreign .pt without one)
+    /checkpoints/sha256        str [C]: hash of the state dict (`weights_sha256`)
+    /checkpoints/label         str [C]
+    /adv_loss, /nat_loss       float64 [C, D, A]: rho and the natural loss; NaN until computed
+    /adv_acc, /nat_acc         float64 [C, D, A]
+    /done                      bool [C, D, A]
+    /seconds                   float64 [C, D]: wall time of each direction; NaN until computed
+    /sharpness/<field>         float64 [C] (see `landscape.metrics.Sharpness`); attrs radius, fit_radius
+    /sharpness/rise_per_direction, /curvature_per_direction   float64 [C, D]
+
+The whole file is rebuilt from memory into `<file>.tmp` and moved over the old one, so an interrupted
+probe leaves the previous complete file, and a resumed one recomputes only what `done` lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import torch
+
+from awp.errors import UserError
+from awp.store import transaction
+from landscape import metrics
+
+FORMAT = "awp-landscape-probe"
+FORMAT_VERSION = 1
+VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in sorted name order: the same
+    weights hash the same whichever file or device they come from."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CheckpointId:
+    """Which weights a row of results belongs to; a cached row is reused only if all of it matches."""
+
+    source: str
+    epoch: int | None
+    sha256: str
+    label: str
+
+
+def flat_items(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'attack': {'eps': 0.1}} -> {'attack.eps': 0.1}, for naming differing keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flat_items(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ (or exist on one side only), sorted."""
+    a, b = flat_items(stored), flat_items(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+@dataclass
+class ProbeResults:
+    """A probe in memory: the source of truth that `save` writes out in full."""
+
+    alphas: np.ndarray  # [A]
+    seed: int
+    dirs: int
+    checkpoints: list[CheckpointId]
+    config: dict[str, Any]
+    runtime: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [C, D, A]
+    done: np.ndarray | None = None  # [C, D, A] bool
+    seconds: np.ndarray | None = None  # [C, D]
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        shape = (len(self.checkpoints), self.dirs, len(self.alphas))
+        for name in VALUES:
+            self.values.setdefault(name, np.full(shape, np.nan))
+        if self.done is None:
+            self.done = np.zeros(shape, dtype=bool)
+        if self.seconds is None:
+            self.seconds = np.full(shape[:2], np.nan)
+        self.created = self.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def pending(self, c: int) -> list[int]:
+        """Directions of checkpoint c with any alpha not computed yet."""
+        return [k for k in range(self.dirs) if not self.done[c, k].all()]
+
+    def set_point(self, c: int, k: int, i: int, point: Mapping[str, float]) -> None:
+        for name in VALUES:
+            self.values[name][c, k, i] = point[name]
+        self.done[c, k, i] = True
+
+    def sharpness(self, radius: float | None = None, fit_radius: float | None = None) -> list[metrics.Sharpness]:
+        """Sharpness of rho (the adversarial loss) per checkpoint, over its complete directions."""
+        r = self.config.get("radius") if radius is None else radius
+        fr = self.config.get("fit_radius") if fit_radius is None else fit_radius
+        return [metrics.sharpness(self.alphas, self.values["adv_loss"][c], r, fr) for c in range(len(self.checkpoints))]
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write everything to `path` atomically (a temporary file moved over the old one)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sharp = self.sharpness()
+        with transaction(path, create=True) as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = json.dumps(self.config, sort_keys=True)
+            f.attrs["runtime"] = json.dumps(self.runtime, sort_keys=True)
+            f.attrs["created"] = self.created
+            f.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            f["alphas"] = self.alphas
+            g = f.create_group("directions")
+            g["seed"] = np.full(self.dirs, self.seed, dtype=np.int64)
+            g["index"] = np.arange(self.dirs, dtype=np.int64)
+            g = f.create_group("checkpoints")
+            strings = h5py.string_dtype()
+            g.create_dataset("source", data=[c.source for c in self.checkpoints], dtype=strings)
+            g.create_dataset("sha256", data=[c.sha256 for c in self.checkpoints], dtype=strings)
+            g.create_dataset("label", data=[c.label for c in self.checkpoints], dtype=strings)
+            g["epoch"] = np.array([np.nan if c.epoch is None else c.epoch for c in self.checkpoints], dtype=np.float64)
+            for name in VALUES:
+                f[name] = self.values[name]
+            f["done"] = self.done
+            f["seconds"] = self.seconds
+            g = f.create_group("sharpness")
+            g.attrs["radius"] = sharp[0].radius if sharp else np.nan
+            g.attrs["fit_radius"] = sharp[0].fit_radius if sharp else np.nan
+            for name in ("rise", "rise_std", "curvature", "curvature_std", "rho0", "n_dirs"):
+                g[name] = np.array([getattr(s, name) for s in sharp], dtype=np.float64)
+            adv = self.values["adv_loss"]
+            r, fr = (sharp[0].radius, sharp[0].fit_radius) if sharp else (None, None)
+            if sharp:
+                g["rise_per_direction"] = metrics.rise(self.alphas, adv, r)  # NaN where not done
+                g["curvature_per_direction"] = _curvature_or_nan(self.alphas, adv, fr)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProbeResults":
+        """Read a results file; anything else is a one-line `UserError`."""
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"no probe results file at {str(path)!r}")
+        try:
+            f = h5py.File(path, "r")
+        except OSError:
+            raise UserError(f"{str(path)!r} is not an HDF5 file, so not a probe results file") from None
+        with f:
+            if f.attrs.get("format") != FORMAT:
+                raise UserError(f"{str(path)!r} is an HDF5 file but not a probe results file ({FORMAT})")
+            version = int(f.attrs.get("format_version", 0))
+            if version > FORMAT_VERSION:
+                raise UserError(f"{str(path)!r} has probe format version {version}; this version reads up to {FORMAT_VERSION}")
+            g = f["checkpoints"]
+            epochs = g["epoch"][()]
+            ckpts = [
+                CheckpointId(s, None if np.isnan(e) else int(e), h, lab)
+                for s, e, h, lab in zip(g["source"].asstr()[()], epochs, g["sha256"].asstr()[()], g["label"].asstr()[()])
+            ]
+            seeds = f["directions/seed"][()]
+            return cls(
+                alphas=f["alphas"][()],
+                seed=int(seeds[0]) if len(seeds) else 0,
+                dirs=len(seeds),
+                checkpoints=ckpts,
+                config=json.loads(f.attrs["config"]),
+                runtime=json.loads(f.attrs.get("runtime", "{}")),
+                values={name: f[name][()] for name in VALUES},
+                done=f["done"][()].astype(bool),
+                seconds=f["seconds"][()],
+                created=str(f.attrs.get("created", "")),
+            )
+
+
+def _curvature_or_nan(alphas: np.ndarray, curves: np.ndarray, fit_radius: float) -> np.ndarray:
+    """Per-curve curvature [...]; NaN for curves with any missing value."""
+    out = np.full(curves.shape[:-1], np.nan)
+    ok = np.isfinite(curves).all(axis=-1)
+    if ok.any():
+        out[ok] = metrics.curvature(alphas, curves[ok], fit_radius)
+    return out

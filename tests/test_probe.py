@@ -1,0 +1,148 @@
+"""`run_probe` on a real (tiny) run file: training threat model as default, results layout and
+identities, flush-and-resume to the same numbers, refusal of changed settings, export, re-render."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from awp.attacks import AttackConfig
+from awp.errors import UserError
+from landscape import probe as probe_mod
+from landscape.probe import ProbeConfig, rerender, run_probe
+from landscape.results import ProbeResults, weights_sha256
+
+FAST = dict(alphas="-0.5:0.5:5", dirs=2, steps=2, samples=60, batch_size=32, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def run_file(tmp_path_factory):
+    """Three epochs of AT on 100 digits, every epoch's weights kept (seconds on a CPU)."""
+    from awp.train import train
+    from awp.trainconfig import TrainConfig
+
+    path = tmp_path_factory.mktemp("run") / "run.h5"
+    cfg = TrainConfig(dataset="digits", arch="smallcnn", attack=AttackConfig("linf", 0.2, 0.05, 2), eval_steps=1,
+                      eval_step_size=0.1, epochs=3, batch_size=50, train_size=100, train_eval_size=50, test_size=50,
+                      save_every=1, lr=0.05, device="cpu")
+    train(cfg, path)
+    return path
+
+
+def probe(ckpt, out, **kw):
+    cfg = ProbeConfig(str(ckpt), out=str(out), **{**FAST, **kw})
+    return run_probe(cfg, console=Console(file=io.StringIO(), width=120))
+
+
+@pytest.fixture(scope="module")
+def reference(run_file, tmp_path_factory):
+    """An uninterrupted probe of every epoch."""
+    out = tmp_path_factory.mktemp("probe") / "ref.h5"
+    return probe(run_file, out, epochs="all")
+
+
+def test_run_file_defaults_layout_and_identity(run_file, reference):
+    from awp.store import open_run
+
+    reader = open_run(run_file)
+    r = ProbeResults.load(reference.results_path)
+    trained = reader.attack_config()
+    assert r.config["attack"] == {"norm": trained.norm, "eps": trained.eps, "step_size": trained.step_size,
+                                  "steps": 2, "random_start": True}
+    assert [c.epoch for c in r.checkpoints] == reader.epochs_saved() == [1, 2, 3]
+    assert [c.sha256 for c in r.checkpoints] == [weights_sha256(reader.state_dict(e)) for e in (1, 2, 3)]
+    assert r.checkpoints[2].label.startswith("epoch 3 (") and "last" in r.checkpoints[2].label
+    assert r.values["adv_loss"].shape == (3, 2, 5) and r.done.all() and np.isfinite(r.seconds).all()
+    for name in ("adv_loss", "nat_loss", "adv_acc", "nat_acc"):
+        assert np.isfinite(r.values[name]).all()
+    assert (r.values["adv_loss"] >= r.values["nat_loss"] - 1e-6).all()
+    np.testing.assert_array_equal(r.alphas, [-0.5, -0.25, 0.0, 0.25, 0.5])
+    assert r.runtime["examples"] == 60 and reference.points == 30
+    assert r.config["radius"] == 0.25 and r.config["fit_radius"] == 0.125
+    assert reference.png_path.stat().st_size > 10_000
+
+
+def test_interrupted_probe_resumes_to_the_same_numbers(run_file, reference, tmp_path, monkeypatch):
+    out = tmp_path / "p.h5"
+    calls = []
+    real = probe_mod.random_direction
+
+    def interrupt_third(*args, **kw):
+        calls.append(args[2])
+        if len(calls) == 3:  # epoch 2, direction 0: after epoch 1 was flushed
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(probe_mod, "random_direction", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        probe(run_file, out, epochs="all")
+    partial = ProbeResults.load(out)
+    assert partial.done[0].all() and not partial.done[1:].any()
+    assert np.isnan(partial.values["adv_loss"][1:]).all()
+    monkeypatch.setattr(probe_mod, "random_direction", real)
+    resumed = probe(run_file, out, epochs="all")
+    assert resumed.points == 20  # only epochs 2 and 3
+    ref = ProbeResults.load(reference.results_path)
+    for name in ("adv_loss", "nat_loss", "adv_acc", "nat_acc"):
+        np.testing.assert_array_equal(resumed.results.values[name], ref.values[name])  # bitwise, on CPU
+
+
+def test_other_settings_are_refused_by_name_but_a_new_radius_is_not(run_file, reference):
+    with pytest.raises(UserError, match=r"attack\.steps \(file: 2, now: 3\).*--overwrite"):
+        probe(run_file, reference.results_path, epochs="all", steps=3)
+    with pytest.raises(UserError, match="epochs"):
+        probe(run_file, reference.results_path, epochs="last")
+    again = probe(run_file, reference.results_path, epochs="all", radius=0.5)
+    assert again.points == 0
+    s = ProbeResults.load(reference.results_path).sharpness()
+    assert s[0].radius == 0.5 and s[0].fit_radius == 0.25
+
+
+def test_export_probes_like_its_run_epoch(run_file, reference, tmp_path):
+    from awp.store import export_checkpoint
+
+    pt = tmp_path / "last.pt"
+    export_checkpoint(run_file, "last", pt)
+    out = probe(pt, tmp_path / "pt.h5", dirs=1)  # no --arch, --dataset or --eps: the export has them
+    r = out.results
+    ref = ProbeResults.load(reference.results_path)
+    assert r.checkpoints[0].sha256 == ref.checkpoints[2].sha256 and r.checkpoints[0].epoch == 3
+    assert r.config["attack"] == ref.config["attack"]
+    np.testing.assert_array_equal(r.values["adv_loss"][0, 0], ref.values["adv_loss"][2, 0])
+
+
+def test_fixed_examples_agree_at_w_and_underestimate_elsewhere(run_file, reference, tmp_path):
+    fixed = probe(run_file, tmp_path / "fixed.h5", epochs="last", dirs=1, fixed_adv=True).results
+    ref = ProbeResults.load(reference.results_path)
+    on_the_fly, stale = ref.values["adv_loss"][2, 0], fixed.values["adv_loss"][0, 0]
+    assert stale[2] == on_the_fly[2]  # alpha = 0: the same examples, bit for bit
+    assert (stale[[0, 1, 3, 4]] <= on_the_fly[[0, 1, 3, 4]]).all()
+    np.testing.assert_allclose(fixed.values["nat_loss"][0, 0], ref.values["nat_loss"][2, 0], rtol=1e-6)
+    recal = probe(run_file, tmp_path / "bn.h5", epochs="last", dirs=1, bn="recalibrate", bn_batches=2).results
+    assert recal.config["bn"] == "recalibrate" and np.isfinite(recal.values["adv_loss"]).all()
+    assert not np.array_equal(recal.values["nat_loss"][0, 0], ref.values["nat_loss"][2, 0])
+
+
+def test_from_results_redraws_without_computing(reference, tmp_path):
+    png = tmp_path / "again.png"
+    out = rerender(reference.results_path, str(png), console=Console(file=io.StringIO()))
+    assert out.points == 0 and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(alphas="0.5:-0.5:5"), "empty or reversed"),
+        (dict(alphas="0:1:5"), "MIN < 0 < MAX"),
+        (dict(alphas="-1:1:2"), "at least 3"),
+        (dict(dirs=0), "--dirs must be >= 1"),
+        (dict(radius=2.0), "outside the probed range"),
+        (dict(bn="train"), "accepted: eval, recalibrate"),
+    ],
+)
+def test_bad_config_values(kw, needle):
+    with pytest.raises(UserError, match=needle):
+        ProbeConfig("x.h5", **{**FAST, **kw})

@@ -1,0 +1,130 @@
+"""Issue 7 end to end on a reduced demo: claims, caching, figures, and the offline HTML report in Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from landscape import engine
+from landscape.demo import DemoConfig, run_demo
+
+STATUSES = {"holds", "fails", "not significant", "not measurable"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(quick=True, runs_dir=str(d / "runs"), figures_dir=str(d / "figures"), report=str(d / "report.html"),
+                     progress=False)
+    claims = run_demo(cfg)
+    return cfg, claims, d
+
+
+def test_demo_checks_all_four_claims(demo):
+    cfg, claims, d = demo
+    assert [c.text[:3] for c in claims] == ["(1)", "(2)", "(3)", "(4)"]
+    for c in claims:
+        assert c.status in STATUSES and c.evidence
+    # Comparisons of accuracies carry a paired bootstrap interval; the correlations carry theirs.
+    assert "paired bootstrap" in claims[0].evidence and "paired bootstrap" in claims[2].evidence
+    assert re.search(r"spearman [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", claims[1].evidence)
+    for name in ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png"):
+        assert (d / "figures" / name).stat().st_size > 5000
+    runs = sorted((d / "runs").glob("digits-*-quick.h5"))
+    assert {p.name.split("-seed")[0] for p in runs} >= {"digits-at", "digits-at-awp"}
+
+
+def test_second_analysis_computes_nothing(demo, monkeypatch):
+    from landscape.analysis import analyse
+
+    cfg, _, d = demo
+    runs = [str(p) for p in sorted((d / "runs").glob("digits-*-quick.h5"))]
+
+    def forbidden(*a, **k):
+        raise AssertionError("a cached landscape was recomputed")
+
+    monkeypatch.setattr(engine, "evaluate_at", forbidden)
+    analyses = analyse(cfg.gap_config(runs))
+    assert all(a.landscapes.done.all() for a in analyses)
+
+
+def test_gap_command_prints_correlations(demo):
+    cfg, _, d = demo
+    runs = sorted(str(p) for p in (d / "runs").glob("digits-*-quick.h5"))
+    r = run_cli("gap", *runs, "--every", "2", "--dirs", "2", "--alphas", "-1:1:7", "--samples", "50",
+                "--out-dir", str(d / "gapfigs"), "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    for name in ("pearson", "spearman", "kendall"):
+        assert re.search(name + r"\s+correlation\(sharpness, gap\) = [+-]\d\.\d{3} \[", r.stdout), r.stdout
+    assert (d / "gapfigs" / "gap-vs-sharpness.html").exists() and (d / "gapfigs" / "gap-curves.png").exists()
+
+
+class _Checker(HTMLParser):
+    """Collects tags and flags anything that would reach the network."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "source", "wbr", "embed", "track", "param"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.remote: list[str] = []
+        self.tags: dict[str, int] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        for k, v in attrs:
+            if k in ("src", "href") and v and re.match(r"(https?:)?//", v):
+                self.remote.append(f"{tag} {k}={v}")
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unbalanced </{tag}> (open: {self.stack[-3:]})")
+            if tag in self.stack:
+                while self.stack and self.stack.pop() != tag:
+                    pass
+        else:
+            self.stack.pop()
+
+
+def test_report_is_well_formed_and_self_contained(demo):
+    _, _, d = demo
+    page = (d / "report.html").read_text()
+    p = _Checker()
+    p.feed(page)
+    p.close()
+    assert not p.errors and not p.stack
+    assert not p.remote, p.remote  # no script or stylesheet from the network
+    assert p.tags["script"] >= 5 and p.tags["table"] >= 2 and p.tags["details"] >= 2
+    assert "Plotly" in page and "cdn.plot.ly" not in page.split("</head>")[1]
+
+
+BENIGN = ("willReadFrequently", "GL Driver Message", "swiftshader", "WebGL")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium not installed (apt-get install chromium); CI installs it")
+def test_report_renders_in_chromium(demo, tmp_path):
+    _, _, d = demo
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader",
+           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=8000",
+           "--window-size=1200,2400"]
+    r = subprocess.run(cmd + ["--dump-dom", (d / "report.html").as_uri()], capture_output=True, text=True, timeout=180)
+    console = [line for line in r.stderr.splitlines() if "CONSOLE" in line and not any(b in line for b in BENIGN)]
+    assert not console, console
+    # Every plot div was drawn by plotly (it adds its SVG layers), not left empty.
+    n_divs = r.stdout.count('class="plotly-graph-div')
+    assert n_divs >= 3 and r.stdout.count('class="main-svg"') >= n_divs
+    shot = tmp_path / "report.png"
+    subprocess.run(cmd + [f"--screenshot={shot}", (d / "report.html").as_uri()], capture_output=True, timeout=180)
+    assert shot.stat().st_size > 20_000
