@@ -57,6 +57,13 @@ def evaluate_batch(
     return EvalSums(len(y), nat_loss, nat_correct, adv_loss, adv_correct)
 
 
+def _eval_batches(ds: Dataset, batch_size: int, device: torch.device | str, seed: int):
+    """(x, y, generator) over `ds` in order, one generator seeded with `seed` for all random starts."""
+    gen = torch.Generator().manual_seed(seed)
+    for x, y in batches(ds, batch_size, device=device):
+        yield x, y, gen
+
+
 def evaluate(
     model: nn.Module,
     ds: Dataset,
@@ -67,10 +74,9 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, float]:
     """Natural and robust loss/accuracy of `model` on `ds` in eval mode; random starts from `seed`."""
-    gen = torch.Generator().manual_seed(seed)
     total = EvalSums()
     with model_mode(model, train=False):
-        for x, y in batches(ds, batch_size, device=device):
+        for x, y, gen in _eval_batches(ds, batch_size, device, seed):
             total = total.add(evaluate_batch(model, x, y, attack, gen))
     return total.reduce()
 
@@ -86,10 +92,9 @@ def robust_correct(
 ) -> torch.Tensor:
     """Per-example 0/1 robust correctness [N] (eval mode, PGD from starts drawn from `seed`): what a
     paired bootstrap over test examples needs to compare two models on the same examples."""
-    gen = torch.Generator().manual_seed(seed)
     out = []
     with model_mode(model, train=False):
-        for x, y in batches(ds, batch_size, device=device):
+        for x, y, gen in _eval_batches(ds, batch_size, device, seed):
             x_adv = pgd(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
                         norm=attack.norm, random_start=attack.random_start, generator=gen)
             with torch.no_grad():

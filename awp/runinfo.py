@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from awp.store import RunReader, _ranges
+from awp.store import RunReader, epoch_ranges
 from awp.trainconfig import TrainConfig, format_toml
 
 # Columns of the metric table: (metric, header, format).
@@ -80,7 +80,7 @@ def info_text(reader: RunReader, every: int = 1) -> str:
     lines = [f"run        {reader.path}", f"status     {reader.status}"]
     v = reader.versions
     lines.append("versions   " + ", ".join(f"{k} {v[k]}" for k in ("awp", "torch", "cuda", "h5py") if k in v))
-    lines.append(f"saved      epochs {_ranges(reader.epochs_saved())}")
+    lines.append(f"saved      epochs {epoch_ranges(reader.epochs_saved())}")
     lines.append("")
     lines.append("# config")
     lines.append(format_toml(TrainConfig.from_dict(reader.config)))

@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from awp import __version__
 from awp.attacks import AttackConfig
@@ -280,7 +281,7 @@ def _opt_int(f: h5py.File, key: str) -> int | None:
     return None if v is None else int(v)
 
 
-def _ranges(epochs: list[int]) -> str:
+def epoch_ranges(epochs: list[int]) -> str:
     """[1, 2, 3, 5, 10] -> '1-3, 5, 10' for messages."""
     if not epochs:
         return "none"
@@ -365,7 +366,7 @@ class RunReader:
             e = int(text)
             if e not in saved:
                 raise UserError(
-                    f"epoch {e} has no saved weights in {str(self.path)!r}; saved epochs: {_ranges(saved)} "
+                    f"epoch {e} has no saved weights in {str(self.path)!r}; saved epochs: {epoch_ranges(saved)} "
                     f"(train with --save-every to keep more)"
                 )
             return [e]
@@ -376,7 +377,7 @@ class RunReader:
     def state_dict(self, epoch: int) -> dict[str, torch.Tensor]:
         """Every state-dict tensor saved for `epoch` (checksums verified by HDF5 on read)."""
         if epoch not in self._saved:
-            raise UserError(f"epoch {epoch} has no saved weights in {str(self.path)!r}; saved epochs: {_ranges(self._saved)}")
+            raise UserError(f"epoch {epoch} has no saved weights in {str(self.path)!r}; saved epochs: {epoch_ranges(self._saved)}")
         with self._open() as f:
             try:
                 return read_tensors(f["weights"][epoch_group_name(epoch)])
@@ -405,7 +406,7 @@ class RunReader:
         """The training threat model: norm, eps, training step size (eta1) and steps (K1)."""
         return AttackConfig(**self.config["attack"])
 
-    def datasets(self):
+    def datasets(self) -> tuple[Dataset, Dataset]:
         """(train, test) as the run used them: the exact training examples (subset, minus any
         validation split) without augmentation, and the evaluation test set. Deterministic."""
         from awp.rundata import run_data

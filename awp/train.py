@@ -29,7 +29,7 @@ from awp.perturb import AWPConfig, Params, find_perturbation, frozen_batchnorm, 
 from awp.rundata import RunData, run_data
 from awp.schedules import ScheduleSpec, learning_rate
 from awp.store import ResumeState, commit_epoch, create_run, open_run, remove_stale_tmp, set_status
-from awp.trainconfig import TrainConfig, config_diff, to_flat
+from awp.trainconfig import TrainConfig, config_diff, to_flat, validate
 
 
 class NonFiniteLoss(UserError):
@@ -301,6 +301,7 @@ def train(
     rep = reporter or SilentReporter()
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
+    validate(cfg)  # a TrainConfig built by hand skips resolve_config's checks
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

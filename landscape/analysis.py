@@ -15,7 +15,8 @@ from rich.console import Console
 
 from awp.errors import UserError
 from awp.store import open_run
-from landscape.probe import ProbeConfig, StaleResults, run_probe
+from landscape.probe import ProbeConfig, run_probe
+from landscape.results import StaleResults
 from landscape.results import ProbeResults
 from landscape.stats import Estimate, correlations
 

@@ -66,8 +66,8 @@ def learning_curves_png(runs: list[RunCurves], path: Path) -> Path:
         ax.plot(r.epochs, r.gap, color="#2ca02c", label="robust gen. gap")
         if r.best_epoch is not None:
             ax.axvline(r.best_epoch, color="0.4", ls="--", lw=0.9)
-            ax.annotate(f"best {r.best_epoch}", (r.best_epoch, 0.98), xycoords=("data", "axes fraction"),
-                        ha="right", va="top", fontsize=8, color="0.3", rotation=90)
+            ax.annotate(f"best {r.best_epoch} ", (r.best_epoch, 0.02), xycoords=("data", "axes fraction"),
+                        ha="right", va="bottom", fontsize=8, color="0.3")
         ax.set_title(r.label, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.25)
@@ -101,7 +101,8 @@ def learning_curves_fig(runs: list[RunCurves]):
 def landscapes_png(analyses: list[RunAnalysis], path: Path) -> Path:
     """Per run: mean landscape of each probed epoch up to the best (left) and after it (right),
     coloured by epoch (Figure 1a, middle and right)."""
-    fig, axes = plt.subplots(len(analyses), 2, figsize=(10, 3.6 * len(analyses)), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(analyses), 2, figsize=(10, 3.6 * len(analyses)), squeeze=False, sharey=True,
+                             constrained_layout=True)
     top = max(1, max(int(a.epochs.max()) for a in analyses))
     norm = colors.Normalize(vmin=0, vmax=top)
     for row, a in zip(axes, analyses):

@@ -29,8 +29,8 @@ from landscape import dist, engine
 from landscape.checkpoints import open_source
 from landscape.directions import normalization, random_direction
 from landscape.grid import GridSpec, parse_grid, parse_range, shard
-from landscape.probe import SPLITS, _Bar, _probe_data, resolve_attack
-from landscape.results import CheckpointId, config_differences, flat_items
+from landscape.probe import SPLITS, PointBar, probe_data, resolve_attack
+from landscape.results import CheckpointId, refuse_if_stale
 
 FORMAT = "awp-landscape-2d"
 FORMAT_VERSION = 1
@@ -207,13 +207,8 @@ def _open_results(cfg: Plot2DConfig, out: Path, spec: GridSpec, config: dict, id
             old = PlaneResults.load(out)
         except UserError:
             raise UserError(f"{str(out)!r} exists and is not a 2-D results file; choose another -o or pass --overwrite") from None
-        a, b = flat_items(old.config), flat_items(config)
-        diff = [f"{k} (file: {a.get(k)!r}, now: {b.get(k)!r})" for k in config_differences(old.config, config)]
-        if (old.checkpoint.epoch, old.checkpoint.sha256) != (ident.epoch, ident.sha256):
-            diff.append(f"checkpoint weights (file: {old.checkpoint.label}, now: {ident.label})")
-        if diff:
-            raise UserError(f"{str(out)!r} was computed with other settings: {'; '.join(diff)}; "
-                            f"pass --overwrite to start over or -o for a new file")
+        same = (old.checkpoint.epoch, old.checkpoint.sha256) == (ident.epoch, ident.sha256)
+        refuse_if_stale(out, old.config, config, [] if same else [f"weights (file: {old.checkpoint.label}, now: {ident.label})"])
         return old
     return PlaneResults(spec.alphas, spec.betas, config, ident)
 
@@ -273,7 +268,7 @@ def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console) -> Plot2DOu
     points = 0
     if rounds:
         model = ckpt.build(ctx.device).eval()
-        batches, bn_inputs, n = _probe_data(cfg, source, attack, ctx.device)  # type: ignore[arg-type]
+        batches, bn_inputs, n = probe_data(cfg, source, attack, ctx.device)  # type: ignore[arg-type]
         with engine.frozen(model):
             base = engine.snapshot(model)
             w_cpu = {k: t.to("cpu") for k, t in base.items()}
@@ -285,7 +280,8 @@ def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console) -> Plot2DOu
                               f"({spec.n_alpha}x{spec.n_beta} grid and its centre) on {ctx.world} process(es), "
                               f"{n} examples, PGD-{attack.steps}")
             t_compute = time.perf_counter()
-            with _Bar(len(todo), cfg.progress and ctx.is_main) as bar:
+            with PointBar(len(todo), cfg.progress and ctx.is_main) as bar:
+                bar.describe("plot2d")
                 for r in range(rounds):
                     chunk = mine[r * cfg.chunk : (r + 1) * cfg.chunk]
                     rows = torch.full((cfg.chunk, 1 + len(VALUES)), -2.0, dtype=torch.float64)  # -2: padding

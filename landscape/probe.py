@@ -26,15 +26,11 @@ from awp.errors import UserError
 from landscape import coords, engine, metrics
 from landscape.checkpoints import Source, open_source
 from landscape.directions import normalization, random_direction
-from landscape.results import ProbeResults, config_differences, flat_items
+from landscape.results import ProbeResults, refuse_if_stale
 
 SPLITS = ("train", "test")  # Algorithm 1 uses the training data
 # Keys that change only how the numbers are shown, not the numbers: a resumed probe may change them.
 VIEW_KEYS = ("radius", "fit_radius")
-
-
-class StaleResults(UserError):
-    """The results file exists but was computed with other settings or other weights."""
 
 
 @dataclass(frozen=True)
@@ -158,13 +154,6 @@ def recorded_config(cfg: ProbeConfig, source: Source, attack: AttackConfig, alph
     return json.loads(json.dumps(rec))
 
 
-def _short(v: Any) -> str:
-    """A value for a one-line message: long lists (e.g. 200 epochs) are elided."""
-    if isinstance(v, list) and len(v) > 6:
-        return f"[{', '.join(map(str, v[:3]))}, ..., {v[-1]}] ({len(v)} items)"
-    return repr(v)
-
-
 def _open_results(cfg: ProbeConfig, out: Path, source: Source, config: dict[str, Any], alphas: np.ndarray) -> ProbeResults:
     """A new results object, or the existing file's when it was made with the same settings and weights."""
     idents = [c.ident for c in source.checkpoints]
@@ -173,17 +162,8 @@ def _open_results(cfg: ProbeConfig, out: Path, source: Source, config: dict[str,
             old = ProbeResults.load(out)
         except UserError:
             raise UserError(f"{str(out)!r} exists and is not a probe results file; choose another -o or pass --overwrite") from None
-        a, b = flat_items(old.config), flat_items(config)
-        diff = [f"{k} (file: {_short(a.get(k))}, now: {_short(b.get(k))})"
-                for k in config_differences(old.config, config) if k not in VIEW_KEYS]
         stale = [c.label for c, o in zip(idents, old.checkpoints) if (c.epoch, c.sha256) != (o.epoch, o.sha256)]
-        if stale:
-            diff.append(f"weights of {', '.join(stale[:3])}")
-        if diff:
-            raise StaleResults(
-                f"{str(out)!r} was computed with other settings ({', '.join(diff)}); "
-                f"pass --overwrite to start over or -o for a new file"
-            )
+        refuse_if_stale(out, old.config, config, [f"weights of {', '.join(stale[:3])}"] if stale else [], VIEW_KEYS)
         old.config = config  # a new radius only changes the sharpness view
         return old
     return ProbeResults(alphas=alphas, seed=cfg.seed, dirs=cfg.dirs, checkpoints=idents, config=config)
@@ -194,7 +174,7 @@ def _open_results(cfg: ProbeConfig, out: Path, source: Source, config: dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-class _Bar:
+class PointBar:
     """A rich progress bar over (checkpoint, direction, alpha) points with ETA, on stderr."""
 
     def __init__(self, total: int, enabled: bool) -> None:
@@ -205,7 +185,7 @@ class _Bar:
         )
         self.task = self.progress.add_task("probe", total=total)
 
-    def __enter__(self) -> "_Bar":
+    def __enter__(self) -> "PointBar":
         self.progress.start()
         return self
 
@@ -224,7 +204,7 @@ class _Bar:
 # ---------------------------------------------------------------------------------------------
 
 
-def _probe_data(cfg: ProbeConfig, source: Source, attack: AttackConfig, device: torch.device):
+def probe_data(cfg: ProbeConfig, source: Source, attack: AttackConfig, device: torch.device):
     """Fixed batches with their random starts, and the clean inputs BN recalibration uses."""
     train_ds, test_ds = source.datasets()
     ds = class_stratified_subset({"train": train_ds, "test": test_ds}[cfg.split], cfg.samples, cfg.seed)
@@ -239,7 +219,7 @@ def _probe_data(cfg: ProbeConfig, source: Source, attack: AttackConfig, device: 
 
 def _curves(
     cfg: ProbeConfig, results: ProbeResults, source: Source, attack: AttackConfig, device: torch.device,
-    batches: list[engine.ProbeBatch], bn_inputs: list[torch.Tensor], bar: _Bar,
+    batches: list[engine.ProbeBatch], bn_inputs: list[torch.Tensor], bar: PointBar,
 ) -> Iterator[tuple[int, int, float]]:
     """Compute every pending (checkpoint, direction), yielding (c, k, seconds) after each."""
     alphas = results.alphas
@@ -289,9 +269,9 @@ def run_probe(cfg: ProbeConfig, console: Console | None = None) -> ProbeOutcome:
     total = sum(len(results.pending(c)) for c in range(len(source.checkpoints))) * len(alphas)
     points = 0
     if total:
-        batches, bn_inputs, n = _probe_data(cfg, source, attack, device)
+        batches, bn_inputs, n = probe_data(cfg, source, attack, device)
         results.runtime["examples"] = n
-        with _Bar(total, cfg.progress) as bar:
+        with PointBar(total, cfg.progress) as bar:
             for c, k, seconds in _curves(cfg, results, source, attack, device, batches, bn_inputs, bar):
                 results.seconds[c, k] = seconds
                 results.runtime["compute_seconds"] = results.runtime.get("compute_seconds", 0.0) + seconds

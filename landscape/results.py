@@ -81,6 +81,29 @@ def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> lis
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
+class StaleResults(UserError):
+    """A results file exists but was computed with other settings or other weights."""
+
+
+def _short(v: Any) -> str:
+    """A value for a one-line message: long lists (e.g. 200 epochs) are elided."""
+    if isinstance(v, list) and len(v) > 6:
+        return f"[{', '.join(map(str, v[:3]))}, ..., {v[-1]}] ({len(v)} items)"
+    return repr(v)
+
+
+def refuse_if_stale(out: Path, stored: Mapping[str, Any], new: Mapping[str, Any], extra: list[str] = (),
+                    ignore: tuple[str, ...] = ()) -> None:
+    """Raise `StaleResults` naming every differing config key (and `extra` differences, e.g. weights),
+    so a resume never mixes numbers computed under two settings."""
+    a, b = flat_items(stored), flat_items(new)
+    diff = [f"{k} (file: {_short(a.get(k))}, now: {_short(b.get(k))})"
+            for k in config_differences(stored, new) if k not in ignore] + list(extra)
+    if diff:
+        raise StaleResults(f"{str(out)!r} was computed with other settings ({', '.join(diff)}); "
+                           f"pass --overwrite to start over or -o for a new file")
+
+
 @dataclass
 class ProbeResults:
     """A probe in memory: the source of truth that `save` writes out in full."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from landscape import engine, plane
+from landscape import engine
 from landscape.plane import PlaneResults, Plot2DConfig, run_plot2d
 
 VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
@@ -48,13 +47,13 @@ def test_cells_match_single_points_on_a_non_square_grid(full, run_file):
     # Recompute cells independently with the engine: cell (i, j) is w + alphas[i] d + betas[j] e.
     from landscape.checkpoints import open_source
     from landscape.directions import random_direction
-    from landscape.probe import _probe_data, resolve_attack
+    from landscape.probe import probe_data, resolve_attack
 
     cfg = _cfg(run_file, full)
     source = open_source(cfg.checkpoint, cfg.epochs, None, None, cfg.data_dir)
     attack = resolve_attack(cfg, source.train_attack, str(source.path))
     model = source.checkpoints[0].build("cpu").eval()
-    batches, bn_inputs, _ = _probe_data(cfg, source, attack, "cpu")
+    batches, bn_inputs, _ = probe_data(cfg, source, attack, "cpu")
     w = {k: v.detach().clone() for k, v in model.named_parameters()}
     dirs = [random_direction(w, cfg.seed, k, cfg.normalize) for k in (0, 1)]
     for i, j in [(0, 2), (4, 0), (1, 1), (3, 2)]:  # asymmetric picks: a transposed grid fails
