@@ -53,7 +53,8 @@ def init(device: str = "auto") -> DistContext:
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
-        backend = "nccl"
+        # nccl needs one GPU per rank; more ranks than GPUs share them and talk over gloo.
+        backend = "nccl" if torch.cuda.device_count() >= local_world else "gloo"
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         backend = "gloo"
