@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from rich.console import Console
@@ -30,7 +29,7 @@ from landscape.checkpoints import open_source
 from landscape.directions import normalization, random_direction
 from landscape.grid import GridSpec, parse_grid, parse_range, shard
 from landscape.probe import SPLITS, PointBar, probe_data, resolve_attack
-from landscape.results import CheckpointId, refuse_if_stale
+from landscape.results import CheckpointId, open_results, refuse_if_stale
 
 FORMAT = "awp-landscape-2d"
 FORMAT_VERSION = 1
@@ -164,17 +163,7 @@ class PlaneResults:
 
     @classmethod
     def load(cls, path: Path) -> "PlaneResults":
-        if not path.exists():
-            raise UserError(f"no 2-D results file at {str(path)!r}")
-        try:
-            f = h5py.File(path, "r")
-        except OSError:
-            raise UserError(f"{str(path)!r} is not an HDF5 file, so not a 2-D results file") from None
-        with f:
-            if f.attrs.get("format") != FORMAT:
-                raise UserError(f"{str(path)!r} is not a 2-D landscape results file ({FORMAT})")
-            if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
-                raise UserError(f"{str(path)!r} has a newer 2-D format than this version reads ({FORMAT_VERSION})")
+        with open_results(path, FORMAT, FORMAT_VERSION, "2-D landscape results") as f:
             return cls(
                 alphas=f["alphas"][()], betas=f["betas"][()], config=json.loads(f.attrs["config"]),
                 checkpoint=CheckpointId(**json.loads(f.attrs["checkpoint"])),

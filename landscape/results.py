@@ -23,12 +23,13 @@ probe leaves the previous complete file, and a resumed one recomputes only what 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -79,6 +80,26 @@ def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> lis
     """Dotted keys whose values differ (or exist on one side only), sorted."""
     a, b = flat_items(stored), flat_items(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+@contextlib.contextmanager
+def open_results(path: str | Path, fmt: str, version: int, what: str) -> Iterator[h5py.File]:
+    """Open a results file for reading: it must exist, be HDF5, carry format `fmt` and a version this
+    code reads; anything else is a one-line `UserError` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no {what} file at {str(path)!r}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"{str(path)!r} is not an HDF5 file, so not a {what} file") from None
+    with f:
+        if f.attrs.get("format") != fmt:
+            raise UserError(f"{str(path)!r} is an HDF5 file but not a {what} file ({fmt})")
+        found = int(f.attrs.get("format_version", 0))
+        if found > version:
+            raise UserError(f"{str(path)!r} has {what} format version {found}; this version reads up to {version}")
+        yield f
 
 
 class StaleResults(UserError):
@@ -188,19 +209,7 @@ class ProbeResults:
     @classmethod
     def load(cls, path: str | Path) -> "ProbeResults":
         """Read a results file; anything else is a one-line `UserError`."""
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"no probe results file at {str(path)!r}")
-        try:
-            f = h5py.File(path, "r")
-        except OSError:
-            raise UserError(f"{str(path)!r} is not an HDF5 file, so not a probe results file") from None
-        with f:
-            if f.attrs.get("format") != FORMAT:
-                raise UserError(f"{str(path)!r} is an HDF5 file but not a probe results file ({FORMAT})")
-            version = int(f.attrs.get("format_version", 0))
-            if version > FORMAT_VERSION:
-                raise UserError(f"{str(path)!r} has probe format version {version}; this version reads up to {FORMAT_VERSION}")
+        with open_results(path, FORMAT, FORMAT_VERSION, "probe results") as f:
             g = f["checkpoints"]
             epochs = g["epoch"][()]
             ckpts = [
