@@ -179,3 +179,16 @@ def test_kill_9_then_rerun_ends_with_the_same_numbers(run_file, tmp_path):
     assert a.done.all()
     for k in VALUES:
         assert np.array_equal(a.values[k], b.values[k]) and a.center[k] == b.center[k]
+
+
+def test_beta_zero_row_is_probes_first_direction(full, run_file, tmp_path):
+    from landscape.probe import ProbeConfig, run_probe
+    from landscape.results import ProbeResults
+
+    out = tmp_path / "probe.h5"
+    run_probe(ProbeConfig(checkpoint=str(run_file), alphas="-1:1:5", dirs=1, steps=2, samples=40, batch_size=20,
+                          device="cpu", out=str(out), progress=False))
+    curve = ProbeResults.load(out).values["adv_loss"][0, 0]  # [5] along direction 0
+    res = PlaneResults.load(full)
+    assert list(res.betas).index(0.0) == 1
+    assert np.array_equal(res.values["adv_loss"][:, 1], curve)  # cell (i, beta=0) = probe's alpha_i
