@@ -20,15 +20,16 @@ import torch
 from rich.console import Console
 
 from awp import __version__
-from awp.attacks import AttackConfig, threat_model
-from awp.config import check_nonnegative_int, check_positive_int
+from awp.attacks import AttackConfig
+from awp.config import check_positive_int
 from awp.errors import UserError
 from awp.store import transaction
 from landscape import dist, engine
 from landscape.checkpoints import open_source
-from landscape.directions import normalization, random_direction
+from landscape.directions import random_direction
 from landscape.grid import GridSpec, parse_grid, parse_range, shard
-from landscape.probe import SPLITS, PointBar, probe_data, resolve_attack
+from landscape.options import LandscapeOptions
+from landscape.probe import PointBar, probe_data, resolve_attack
 from landscape.results import CheckpointId, open_results, refuse_if_stale
 
 FORMAT = "awp-landscape-2d"
@@ -37,48 +38,18 @@ VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
 
 
 @dataclass(frozen=True)
-class Plot2DConfig:
-    """Every option of `landscape plot2d`; the data/attack/direction options mean what they mean in `probe`."""
+class Plot2DConfig(LandscapeOptions):
+    """Every option of `landscape plot2d`: the shared ones (d and e are `probe`'s directions 0 and 1
+    for the same seed) plus the grid and how often results are flushed."""
 
-    checkpoint: str
-    epochs: str = "last"  # one checkpoint: best | last | N
-    arch: str | None = None
-    dataset: str | None = None
-    data_dir: str = "data"
     grid: str = "21x21"  # points along alpha x points along beta
     range: str = "-1:1,-1:1"  # AMIN:AMAX,BMIN:BMAX
-    steps: int = 10
-    eps: float | None = None
-    step_size: float | None = None
-    norm: str | None = None
-    split: str = "train"
-    samples: int = 0
-    batch_size: int = 256
-    seed: int = 0  # d is direction 0 and e direction 1 of `probe` with the same seed
-    normalize: str = "filter"
-    include_bn: bool = False
-    bn: str = "eval"
-    bn_batches: int = 8
     chunk: int = 4  # points per rank between two flushes of the results file
-    device: str = "auto"
-    out: str | None = None
-    overwrite: bool = False
-    progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.spec()
-        for v, name in ((self.steps, "--pgd"), (self.samples, "--samples")):
-            check_nonnegative_int(v, name)
-        for v, name in ((self.batch_size, "--batch-size"), (self.bn_batches, "--bn-batches"), (self.chunk, "--chunk")):
-            check_positive_int(v, name)
-        normalization(self.normalize)
-        engine.bn_mode(self.bn)
-        if self.norm is not None:
-            threat_model(self.norm)
-        if self.split not in SPLITS:
-            raise UserError(f"unknown --split {self.split!r}; accepted: {', '.join(SPLITS)}")
-        if self.out is not None and Path(self.out).suffix.lower() not in (".h5", ".hdf5"):
-            raise UserError(f"-o {self.out!r} names the results file; give it a .h5 suffix (figures go beside it)")
+        check_positive_int(self.chunk, "--chunk")
 
     def spec(self) -> GridSpec:
         na, nb = parse_grid(self.grid)

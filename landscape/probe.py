@@ -19,53 +19,33 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from awp import __version__
-from awp.attacks import AttackConfig, threat_model
-from awp.config import check_nonnegative_int, check_positive_int, resolve_device
+from awp.attacks import AttackConfig
+from awp.config import check_positive_int, resolve_device
 from awp.data import class_stratified_subset
 from awp.errors import UserError
 from landscape import coords, engine, metrics
 from landscape.checkpoints import Source, open_source
-from landscape.directions import normalization, random_direction
+from landscape.directions import random_direction
+from landscape.options import LandscapeOptions
 from landscape.results import ProbeResults, refuse_if_stale
 
-SPLITS = ("train", "test")  # Algorithm 1 uses the training data
 # Keys that change only how the numbers are shown, not the numbers: a resumed probe may change them.
 VIEW_KEYS = ("radius", "fit_radius")
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
-    """Every option of `landscape probe`; None means "from the checkpoint" (run files know their
-    training threat model) or "derived" (radius: half the alpha range on the shorter side)."""
+class ProbeConfig(LandscapeOptions):
+    """Every option of `landscape probe`: the shared ones plus the alpha axis, the directions, the
+    fixed-adversarial ablation and the sharpness radius (None: half the alpha range on the shorter side)."""
 
-    checkpoint: str
-    epochs: str = "last"  # run files: best | last | N | all | every:K
-    arch: str | None = None  # a foreign .pt needs these two
-    dataset: str | None = None
-    data_dir: str = "data"
     alphas: str = "-1:1:41"  # MIN:MAX:NUM, Figure 1's range
     dirs: int = 10  # Appendix B.2 repeats the plot along 10 directions
-    steps: int = 10  # PGD-10 (K1) as in the paper; 0 = natural loss landscape
-    eps: float | None = None
-    step_size: float | None = None  # PGD step eta1; default: the training one, or eps / 4
-    norm: str | None = None
-    split: str = "train"
-    samples: int = 0  # 0 = every example of the split
-    batch_size: int = 256
-    seed: int = 0  # directions (seed, k), random starts and the subset
-    normalize: str = "filter"  # Eq. 5 / Alg. 1 lines 3-7
-    include_bn: bool = False  # 1-D parameters (biases, BN) get a direction too
     fixed_adv: bool = False  # the ablation: examples made once at w and reused
-    bn: str = "eval"  # eval | recalibrate
-    bn_batches: int = 8  # training batches that re-estimate BN statistics per point
     radius: float | None = None  # |alpha| of the sharpness rise
-    device: str = "auto"
-    out: str | None = None  # results .h5; default probe-<checkpoint stem>.h5
     png: str | None = None  # default: beside the results file
-    overwrite: bool = False
-    progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         alphas = coords.parse_range(self.alphas, "--alphas")
         if len(alphas) < metrics.MIN_FIT_POINTS:
             raise UserError(f"--alphas {self.alphas!r} has {len(alphas)} points; the curvature fit needs at least "
@@ -74,23 +54,8 @@ class ProbeConfig:
             raise UserError(f"--alphas {self.alphas!r} must have MIN < 0 < MAX: the landscape is centred on w "
                             f"(alpha = 0) and sharpness compares both sides")
         check_positive_int(self.dirs, "--dirs")
-        check_nonnegative_int(self.steps, "--pgd")
-        check_nonnegative_int(self.samples, "--samples")
-        check_positive_int(self.batch_size, "--batch-size")
-        check_positive_int(self.bn_batches, "--bn-batches")
-        normalization(self.normalize)
-        engine.bn_mode(self.bn)
-        if self.norm is not None:
-            threat_model(self.norm)
-        if self.split not in SPLITS:
-            raise UserError(f"unknown --split {self.split!r}; accepted: {', '.join(SPLITS)}")
-        for name, v in (("--eps", self.eps), ("--pgd-step", self.step_size)):
-            if v is not None and not v >= 0:
-                raise UserError(f"{name} must be >= 0, got {v}")
         if self.radius is not None:
             metrics.check_radius(alphas, self.radius)
-        if self.out is not None and Path(self.out).suffix.lower() not in (".h5", ".hdf5"):
-            raise UserError(f"-o {self.out!r} names the results file; give it a .h5 suffix (the PNG goes beside it)")
 
 
 @dataclass
