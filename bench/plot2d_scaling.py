@@ -1,6 +1,6 @@
 """Speed-up of `landscape plot2d` from 1 to 2 torchrun ranks on the same grid, measured in one run.
 
-    .venv/bin/python bench/plot2d_scaling.py [--grid 9x9] [--samples 200] [--pgd 10]
+    .venv/bin/python bench/plot2d_scaling.py [--grid 15x15] [--samples 300] [--pgd 10]
 
 Prints wall time (process start to finish) and compute time (what the results file records) for:
 one process with the default threads, one process with 1 thread, and 2 gloo ranks with 1 thread each.
@@ -10,6 +10,7 @@ The ratio that matters is (1 process, 1 thread) / (2 ranks): how well points spl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import h5py
-import json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +37,8 @@ def compute_seconds(path: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grid", default="9x9")
-    ap.add_argument("--samples", default="200")
+    ap.add_argument("--grid", default="15x15")
+    ap.add_argument("--samples", default="300")
     ap.add_argument("--pgd", default="10")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
