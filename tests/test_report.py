@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from html.parser import HTMLParser
 
 import pytest
@@ -127,3 +128,16 @@ def test_report_renders_in_chromium(demo, tmp_path):
     shot = tmp_path / "report.png"
     subprocess.run(cmd + [f"--screenshot={shot}", (d / "report.html").as_uri()], capture_output=True, timeout=180)
     assert shot.stat().st_size > 20_000
+
+
+def test_report_includes_2d_landscapes_of_its_runs(demo, tmp_path):
+    from landscape.plane import Plot2DConfig, run_plot2d
+    from landscape.report import write_report
+
+    cfg, _, d = demo
+    runs = sorted(str(p) for p in (d / "runs").glob("digits-*-quick.h5"))
+    run_plot2d(Plot2DConfig(checkpoint=runs[0], grid="3x3", steps=1, samples=20, device="cpu",
+                            out=str(Path(runs[0]).with_name("twod.h5")), progress=False))
+    page = write_report(cfg.gap_config(runs), tmp_path / "r.html").read_text()
+    section = page.split("<h2>2-D landscapes</h2>")[1].split("<h2>")[0]
+    assert section.count('class="plotly-graph-div') == 1  # the one 2-D result of these runs
