@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -38,30 +39,25 @@ class EvalSums:
         }
 
 
-def evaluate_batch(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, generator: torch.Generator | None = None
-) -> EvalSums:
-    """Sums for one batch: clean pass, then PGD against the model as it is (caller picks the mode)."""
-    with torch.no_grad():
-        logits = model(x)
-        nat_loss = cross_entropy(logits, y).sum().item()
-        nat_correct = (logits.argmax(1) == y).sum().item()
-    x_adv = pgd(
-        model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
-        random_start=attack.random_start, generator=generator,
-    )
-    with torch.no_grad():
-        logits = model(x_adv)
-        adv_loss = cross_entropy(logits, y).sum().item()
-        adv_correct = (logits.argmax(1) == y).sum().item()
-    return EvalSums(len(y), nat_loss, nat_correct, adv_loss, adv_correct)
-
-
-def _eval_batches(ds: Dataset, batch_size: int, device: torch.device | str, seed: int):
-    """(x, y, generator) over `ds` in order, one generator seeded with `seed` for all random starts."""
+def attacked_batches(
+    model: nn.Module, ds: Dataset, attack: AttackConfig, *, batch_size: int, device: torch.device | str, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(x, y, x_adv) over `ds` in order, PGD run in eval mode with every random start drawn from one
+    generator seeded with `seed`; the model's mode is restored when the iteration ends."""
     gen = torch.Generator().manual_seed(seed)
-    for x, y in batches(ds, batch_size, device=device):
-        yield x, y, gen
+    with model_mode(model, train=False):
+        for x, y in batches(ds, batch_size, device=device):
+            x_adv = pgd(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+                        norm=attack.norm, random_start=attack.random_start, generator=gen)
+            yield x, y, x_adv
+
+
+@torch.no_grad()
+def batch_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> EvalSums:
+    """Natural and adversarial loss/correct sums of one batch."""
+    nat, adv = model(x), model(x_adv)
+    return EvalSums(len(y), cross_entropy(nat, y).sum().item(), (nat.argmax(1) == y).sum().item(),
+                    cross_entropy(adv, y).sum().item(), (adv.argmax(1) == y).sum().item())
 
 
 def evaluate(
@@ -75,28 +71,17 @@ def evaluate(
 ) -> dict[str, float]:
     """Natural and robust loss/accuracy of `model` on `ds` in eval mode; random starts from `seed`."""
     total = EvalSums()
-    with model_mode(model, train=False):
-        for x, y, gen in _eval_batches(ds, batch_size, device, seed):
-            total = total.add(evaluate_batch(model, x, y, attack, gen))
+    for x, y, x_adv in attacked_batches(model, ds, attack, batch_size=batch_size, device=device, seed=seed):
+        total = total.add(batch_sums(model, x, y, x_adv))
     return total.reduce()
 
 
-def robust_correct(
-    model: nn.Module,
-    ds: Dataset,
-    attack: AttackConfig,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> torch.Tensor:
-    """Per-example 0/1 robust correctness [N] (eval mode, PGD from starts drawn from `seed`): what a
+def robust_correct(model: nn.Module, ds: Dataset, attack: AttackConfig, *, batch_size: int = 256,
+                   device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
+    """Per-example 0/1 robust correctness [N] under the same attack and starts as `evaluate`: what a
     paired bootstrap over test examples needs to compare two models on the same examples."""
-    out = []
-    with model_mode(model, train=False):
-        for x, y, gen in _eval_batches(ds, batch_size, device, seed):
-            x_adv = pgd(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
-                        norm=attack.norm, random_start=attack.random_start, generator=gen)
-            with torch.no_grad():
-                out.append((model(x_adv).argmax(1) == y).cpu())
-    return torch.cat(out)
+    with torch.no_grad():
+        return torch.cat([
+            (model(x_adv).argmax(1) == y).cpu()
+            for _, y, x_adv in attacked_batches(model, ds, attack, batch_size=batch_size, device=device, seed=seed)
+        ])
