@@ -6,7 +6,6 @@ offline HTML and `report` embeds. They read only `RunCurves` / `RunAnalysis`: no
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
 
 from landscape.analysis import RunAnalysis, RunCurves  # noqa: E402
+from landscape.output import save_png  # noqa: E402
 from landscape.stats import Estimate  # noqa: E402
 
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -24,21 +24,7 @@ SHARPNESS_LABEL = {"rise": "sharpness: rise of ρ at |α| = r", "curvature": "sh
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def save_html(fig, path: Path) -> Path:
-    """One figure as a self-contained HTML file (plotly inlined: opens offline)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, dpi=130, bbox_inches="tight")
 
 
 def mean_curves(a: RunAnalysis) -> np.ndarray:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from landscape import figures
 from landscape.analysis import GapConfig, RunAnalysis, analyse, gap_correlations
+from landscape.output import save_plotly_html
 from landscape.stats import Estimate
 
 
@@ -33,10 +34,10 @@ def run_gap(cfg: GapConfig, console: Console | None = None) -> GapOutcome:
         figures.learning_curves_png([a.curves for a in analyses], out / f"{p}-curves.png"),
         figures.landscapes_png(analyses, out / f"{p}-landscapes.png"),
         figures.scatter_png(analyses, cfg.sharpness, corr, out / f"{p}-vs-sharpness.png"),
-        figures.save_html(figures.learning_curves_fig([a.curves for a in analyses]), out / f"{p}-curves.html"),
-        figures.save_html(figures.scatter_fig(analyses, cfg.sharpness, corr), out / f"{p}-vs-sharpness.html"),
+        save_plotly_html(figures.learning_curves_fig([a.curves for a in analyses]), out / f"{p}-curves.html"),
+        save_plotly_html(figures.scatter_fig(analyses, cfg.sharpness, corr), out / f"{p}-vs-sharpness.html"),
     ]
-    files += [figures.save_html(figures.landscape_slider_fig(a), out / f"{p}-landscapes-{i}.html")
+    files += [save_plotly_html(figures.landscape_slider_fig(a), out / f"{p}-landscapes-{i}.html")
               for i, a in enumerate(analyses)]
     print_gap(analyses, corr, cfg.sharpness, console)
     console.print("figures: " + ", ".join(str(f) for f in files))

@@ -3,7 +3,6 @@ line per direction and their mean in bold; several checkpoints coloured along a 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +14,7 @@ from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 
+from landscape.output import save_png  # noqa: E402
 from landscape.results import ProbeResults  # noqa: E402
 
 SINGLE_COLOUR = "#1f5fa8"
@@ -82,8 +82,4 @@ def save_probe_png(results: ProbeResults, path: str | Path) -> None:
     ax.set_title(_title(results), fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=140)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=140)

@@ -6,7 +6,6 @@ Grids come in as [n_alpha, n_beta] (axis 0 = alpha); both matplotlib and plotly 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from landscape.output import save_plotly_html, save_png  # noqa: E402
 
 
 def relative_landscape(g: np.ndarray, center: float) -> np.ndarray:
@@ -27,10 +28,7 @@ def _z(grid: np.ndarray) -> np.ndarray:
 
 
 def _atomic_savefig(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=130, bbox_inches="tight")
 
 
 def save_contour_png(alphas: np.ndarray, betas: np.ndarray, rel: np.ndarray, path: Path, title: str) -> None:
@@ -96,7 +94,4 @@ def save_html(
     alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray], rel: np.ndarray, path: Path, title: str
 ) -> None:
     """`html_figure` as one self-contained file: plotly is inlined, so it opens offline."""
-    fig = html_figure(alphas, betas, grids, rel, title)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-    os.replace(tmp, path)
+    save_plotly_html(html_figure(alphas, betas, grids, rel, title), path)

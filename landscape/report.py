@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from landscape import figures
 from landscape.analysis import GapConfig, RunAnalysis, analyse, gap_correlations
 from landscape.plane import FORMAT as PLANE_FORMAT
 from landscape.plane import PlaneResults
+from landscape.output import save_text
 from landscape.plot_2d import html_figure
 from landscape.stats import Estimate
 
@@ -125,9 +125,4 @@ def write_report(cfg: GapConfig, out: str | Path, title: str = "Weight loss land
     analyses = analyses if analyses is not None else analyse(cfg)
     corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
     page = build_report(analyses, corr, cfg.sharpness, title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return save_text(page, Path(out))
