@@ -107,10 +107,16 @@ def _all(statuses: list[str]) -> str:
     return "holds"
 
 
-def check_claims(cfg: DemoConfig, analyses: list[RunAnalysis], corr: dict[str, Estimate], gap_cfg: GapConfig,
-                 console: Console) -> list[Claim]:
+def check_claims(cfg: DemoConfig, analyses: list[RunAnalysis], corr: dict[str, Estimate], gap_cfg: GapConfig) -> list[Claim]:
     """The paper's four qualitative findings, judged on this run's numbers."""
     by = {a.curves.config["method"]: a for a in analyses}
+    cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def correct(run: Path, epoch: int) -> np.ndarray:  # claims (1) and (3) share AT's last checkpoint
+        if (str(run), epoch) not in cache:
+            cache[str(run), epoch] = _correct(str(run), epoch, cfg.device)
+        return cache[str(run), epoch]
+
     claims = []
     sharp = gap_cfg.sharpness
 
@@ -118,7 +124,7 @@ def check_claims(cfg: DemoConfig, analyses: list[RunAnalysis], corr: dict[str, E
     at = by.get("at")
     if at is not None and at.curves.best_epoch is not None and at.curves.last_epoch is not None:
         c, b, l = at.curves, at.curves.best_epoch, at.curves.last_epoch
-        drop = paired_bootstrap_diff(_correct(str(c.path), b, cfg.device), _correct(str(c.path), l, cfg.device),
+        drop = paired_bootstrap_diff(correct(c.path, b), correct(c.path, l),
                                      seed=cfg.seed)
         gap_b, gap_l = c.at(b, c.gap), c.at(l, c.gap)
         s = dict(zip(at.epochs.tolist(), at.sharpness[sharp]))
@@ -153,8 +159,8 @@ def check_claims(cfg: DemoConfig, analyses: list[RunAnalysis], corr: dict[str, E
         gap_a, gap_w = at.curves.at(la, at.curves.gap), awp.curves.at(lw, awp.curves.gap)
         s_a = float(at.sharpness[sharp][at.epochs == la][0])
         s_w = float(awp.sharpness[sharp][awp.epochs == lw][0])
-        better = paired_bootstrap_diff(_correct(str(awp.curves.path), lw, cfg.device),
-                                       _correct(str(at.curves.path), la, cfg.device), seed=cfg.seed)
+        better = paired_bootstrap_diff(correct(awp.curves.path, lw),
+                                       correct(at.curves.path, la), seed=cfg.seed)
         parts = ["holds" if gap_w < gap_a else "fails", "holds" if s_w < s_a else "fails", verdict(better)]
         claims.append(Claim(
             "(3) AT-AWP ends with a smaller gap, a flatter landscape and higher last-epoch test robustness than AT",
@@ -220,7 +226,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[Claim]:
     ]
     console.rule("results")
     print_table(analyses, corr, gap_cfg.sharpness, console)
-    claims = check_claims(cfg, analyses, corr, gap_cfg, console)
+    claims = check_claims(cfg, analyses, corr, gap_cfg)
     console.rule("the paper's claims, on this run")
     for c in claims:
         colour = {"holds": "green", "fails": "red"}.get(c.status, "yellow")
