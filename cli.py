@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from awp import __version__
-from awp.errors import UserError
+from awp.errors import Interrupted, UserError
+from awp.stopping import resume_command
 
 app = typer.Typer(
     name="landscape",
@@ -81,6 +82,7 @@ def demo(
     figures_dir: Annotated[Path, typer.Option("--figures-dir", help="Where the PNG figures go.")] = Path("figures"),
     report: Annotated[Path, typer.Option("--report", help="The interactive HTML report.")] = Path("report.html"),
     device: DeviceOpt = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace figures and report that are not an earlier demo's, and demo runs made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """The main job on the embedded digits: train every method, probe landscapes, check the paper's claims."""
@@ -89,7 +91,7 @@ def demo(
 
     resolve_device(device)
     run_demo(DemoConfig(seed=seed, quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
-                        report=str(report), device=device, progress=not quiet))
+                        report=str(report), device=device, progress=not quiet, overwrite=overwrite))
 
 
 # ---- train-awp / info / export
@@ -147,7 +149,7 @@ def train_awp(
     from awp.progress import ConsoleReporter
     from awp.runinfo import summary_lines
     from awp.store import open_run
-    from awp.train import train
+    from awp.train import preflight, train
     from awp.trainconfig import format_toml, resolve_config
 
     cfg = resolve_config(flags, config)
@@ -155,6 +157,7 @@ def train_awp(
     if resume and path.exists():
         cfg = resolve_config(flags, config, stored=open_run(path).config)
     reporter = ConsoleReporter(quiet=quiet)
+    preflight(cfg, path, resume=resume, overwrite=overwrite)  # refuse before printing the config
     reporter.message(f"# landscape train-awp -> {path}\n{format_toml(cfg)}\n")
     result = train(cfg, path, resume=resume, overwrite=overwrite, reporter=reporter)
     if not quiet:
@@ -181,11 +184,12 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run file from train-awp.")],
     epoch: Annotated[str, typer.Option("--epoch", help="best, last, best_val or an epoch number.")] = "best",
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (torch.save; loads with weights_only=True).")] = Path("model.pt"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --out (never a run file).")] = False,
 ) -> None:
     """Write one epoch's weights with architecture, dataset and normalization as a plain checkpoint."""
     from awp.store import export_checkpoint
 
-    e = export_checkpoint(run, epoch, out)
+    e = export_checkpoint(run, epoch, out, overwrite=overwrite)
     typer.echo(f"wrote epoch {e} of {run} to {out}")
 
 
@@ -252,7 +256,7 @@ def probe(
     if from_results is not None:
         if ckpt is not None:
             raise UserError("give CKPT to compute or --from RESULTS.h5 to redraw, not both")
-        rerender(from_results, str(png) if png else None, r)
+        rerender(from_results, str(png) if png else None, r, overwrite=overwrite)
         return
     if ckpt is None:
         raise UserError("missing CKPT (a run file or .pt), or --from RESULTS.h5")
@@ -272,14 +276,14 @@ def probe(
 
 
 def _without_workers(argv: list[str]) -> list[str]:
-    """The command line minus --workers N, to hand to torchrun."""
+    """The command line minus --workers N and --oversubscribe, to hand to torchrun."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
         elif a == "--workers":
             skip = True
-        elif not a.startswith("--workers="):
+        elif not a.startswith("--workers=") and a != "--oversubscribe":
             out.append(a)
     return out
 
@@ -308,6 +312,7 @@ def plot2d(
     batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=_PD)] = 256,
     chunk: Annotated[int, typer.Option("--chunk", help="Points per process between flushes of the results file.", rich_help_panel=_PO)] = 4,
     workers: Annotated[int, typer.Option("--workers", help="Launch torchrun with N processes on this machine.", rich_help_panel=_PO)] = 1,
+    oversubscribe: Annotated[bool, typer.Option("--oversubscribe", help="Allow more --workers than CPU cores (or GPUs with nccl).", rich_help_panel=_PO)] = False,
     device: DeviceOpt = "auto",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); default plot2d-CKPT.h5.", rich_help_panel=_PO)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming -o.", rich_help_panel=_PO)] = False,
@@ -315,12 +320,12 @@ def plot2d(
 ) -> None:
     """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready."""
     from awp.config import parse_fraction
-    from landscape.plane import Plot2DConfig, rerender, run_plot2d
+    from landscape.plane import Plot2DConfig, prepare, rerender, run_plot2d
 
     if from_results is not None:
         if ckpt is not None:
             raise UserError("give CKPT to compute or --from RESULTS.h5 to redraw, not both")
-        rerender(from_results)
+        rerender(from_results, overwrite=overwrite)
         return
     if ckpt is None:
         raise UserError("missing CKPT (a run file or .pt), or --from RESULTS.h5")
@@ -332,12 +337,12 @@ def plot2d(
         normalize=normalize.value, include_bn=include_bn, bn=bn.value, bn_batches=bn_batches, chunk=chunk,
         device=device, out=str(out) if out else None, overwrite=overwrite, progress=not quiet,
     )
-    if workers > 1:
-        from landscape.dist import launch
+    from landscape.dist import check_workers, launch
 
+    check_workers(workers, device, oversubscribe)
+    if workers > 1:
+        prepare(cfg)  # every check a single process makes, before torchrun starts
         raise typer.Exit(launch(workers, _without_workers(sys.argv[1:])))
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
     run_plot2d(cfg)
 
 
@@ -352,12 +357,13 @@ class Sharpness(str, Enum):
 
 
 def _gap_config(runs: list[Path], every: int, sharpness: Sharpness, dirs: int, alphas: str, pgd: Optional[int],
-                samples: int, seed: int, device: str, quiet: bool, out_dir: Path = Path("figures"), prefix: str = "gap"):
+                samples: int, seed: int, device: str, quiet: bool, overwrite: bool, out_dir: Path = Path("figures"),
+                prefix: str = "gap"):
     from landscape.analysis import GapConfig
 
     return GapConfig(runs=tuple(str(r) for r in runs), every=every, sharpness=sharpness.value, dirs=dirs, alphas=alphas,
                      steps=pgd, samples=samples, seed=seed, device=device, out_dir=str(out_dir), prefix=prefix,
-                     progress=not quiet)
+                     progress=not quiet, overwrite=overwrite)
 
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run files from train-awp.", show_default=False)]
@@ -367,6 +373,7 @@ GDirsOpt = Annotated[int, typer.Option("--dirs", help="Directions per checkpoint
 GAlphasOpt = Annotated[str, typer.Option("--alphas", help="MIN:MAX:NUM.", rich_help_panel=_GL)]
 GPgdOpt = Annotated[Optional[int], typer.Option("--pgd", help="PGD steps (default: the run's training steps).", rich_help_panel=_GL)]
 GSamplesOpt = Annotated[int, typer.Option("--samples", help="Fixed class-stratified training subset.", rich_help_panel=_GL)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs that an earlier run of this command on these runs did not write.")]
 
 
 @app.command()
@@ -382,12 +389,13 @@ def gap(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where figures go (PNG and HTML).")] = Path("figures"),
     prefix: Annotated[str, typer.Option("--prefix", help="File-name prefix of the figures.")] = "gap",
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Robust generalization gap vs landscape sharpness over epochs and runs (Figure 1), with correlations."""
     from landscape.gap import run_gap
 
-    run_gap(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, out_dir, prefix))
+    run_gap(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite, out_dir, prefix))
 
 
 @app.command()
@@ -403,26 +411,47 @@ def report(
     samples: GSamplesOpt = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """One self-contained, offline HTML report: configs, curves, landscapes, 2-D plots, gap vs sharpness."""
     from landscape.report import write_report
 
-    path = write_report(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet), out, title)
+    path = write_report(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite), out, title)
     typer.echo(f"report: {path}")
 
 
 # --------------------------------------------------------------------------------------------- entry
 
 
+def _say(line: str) -> None:
+    """One line on stderr; under torchrun only rank 0 speaks, and under `--workers` it leaves the line
+    for the launcher, which prints it once."""
+    import os
+
+    rank = os.environ.get("RANK")
+    if rank not in (None, "0"):
+        return
+    path = os.environ.get("AWP_LANDSCAPE_ERROR_FILE")  # landscape.dist.ERROR_FILE_ENV
+    if rank == "0" and path:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(line)
+        return
+    typer.echo(line, err=True)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the app; user mistakes become one `error: ...` line on stderr and exit status 2."""
     command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
     try:
         rc = command.main(args=argv, prog_name="landscape", standalone_mode=False)
     except UserError as e:
-        typer.echo(f"error: {e}", err=True)
+        _say(f"error: {e}")
         sys.exit(2)
+    except Interrupted as e:
+        _say(f"interrupted: {e}; resume with: {resume_command(args)}")
+        sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
         rc = 130
     except Exception as e:

@@ -50,6 +50,8 @@ LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "kl": kl_from_natural, "margin
 
 
 class ThreatModel(Protocol):
+    max_eps: float  # the largest radius that means something for images in [0, 1]
+
     def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor: ...
     def ascend(self, grad: Tensor, step_size: float) -> Tensor: ...
     def project(self, delta: Tensor, eps: float) -> Tensor: ...
@@ -69,6 +71,8 @@ def _rand(shape: torch.Size, x: Tensor, generator: torch.Generator | None, norma
 
 
 class Linf:
+    max_eps = 1.0  # every pixel is in [0, 1]: a larger L-inf radius is eps meant as eps/255
+
     def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
         # Alg. 1 line 10 / Alg. 2 line 6: x' = x + eps * delta, delta ~ Uniform(-1, 1)
         return eps * (2 * _rand(x.shape, x, generator, normal=False) - 1)
@@ -81,6 +85,8 @@ class Linf:
 
 
 class L2:
+    max_eps = float("inf")  # the L2 diameter of [0, 1]^d grows with d: no bound independent of the data
+
     def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
         # Uniform in the L2 ball: a Gaussian direction, radius eps * u^(1/d).
         g = _rand(x.shape, x, generator, normal=True)
@@ -118,9 +124,12 @@ class AttackConfig:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        threat_model(self.norm)
+        tm = threat_model(self.norm)
         if not self.eps >= 0:
             raise UserError(f"eps must be >= 0, got {self.eps}")
+        if self.eps > tm.max_eps:
+            raise UserError(f"--eps {self.eps:g} is above {tm.max_eps:g}, but {self.norm} radii are in pixel units of "
+                            f"images in [0, 1]; did you mean {self.eps:g}/255?")
         if not self.step_size >= 0:
             raise UserError(f"step size must be >= 0, got {self.step_size}")
         if self.steps < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -19,9 +20,9 @@ class EvalSums:
 
     n: int = 0
     nat_loss: float = 0.0
-    nat_correct: int = 0
+    nat_correct: int | float = 0  # an exact count, or NaN when some example's logits were NaN/inf
     adv_loss: float = 0.0
-    adv_correct: int = 0
+    adv_correct: int | float = 0
 
     def add(self, other: "EvalSums") -> "EvalSums":
         return EvalSums(*(a + b for a, b in zip(self.astuple(), other.astuple())))
@@ -52,12 +53,29 @@ def attacked_batches(
             yield x, y, x_adv
 
 
+def correct_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1.0 where argmax(logits) == y, 0.0 where not, NaN where any logit of the example is NaN or inf:
+    argmax of NaN logits is class 0, which is no prediction and must not count class-0 examples as correct."""
+    hit = (logits.argmax(1) == y).double()
+    return torch.where(torch.isfinite(logits).all(1), hit, torch.full_like(hit, float("nan")))
+
+
+def correct_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correctly classified examples as a float64 scalar tensor (no device sync); NaN if any example is NaN."""
+    return correct_per_example(logits, y).sum()
+
+
+def exact_count(v: float) -> int | float:
+    """A summed 0/1 count back to an exact int; NaN (some example had non-finite logits) stays NaN."""
+    return int(round(v)) if math.isfinite(v) else float("nan")
+
+
 @torch.no_grad()
 def batch_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> EvalSums:
-    """Natural and adversarial loss/correct sums of one batch."""
+    """Natural and adversarial loss/correct sums of one batch (correct counts NaN when logits are not finite)."""
     nat, adv = model(x), model(x_adv)
-    return EvalSums(len(y), cross_entropy(nat, y).sum().item(), (nat.argmax(1) == y).sum().item(),
-                    cross_entropy(adv, y).sum().item(), (adv.argmax(1) == y).sum().item())
+    return EvalSums(len(y), cross_entropy(nat, y).sum().item(), exact_count(correct_sum(nat, y).item()),
+                    cross_entropy(adv, y).sum().item(), exact_count(correct_sum(adv, y).item()))
 
 
 def evaluate(
@@ -78,10 +96,10 @@ def evaluate(
 
 def robust_correct(model: nn.Module, ds: Dataset, attack: AttackConfig, *, batch_size: int = 256,
                    device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
-    """Per-example 0/1 robust correctness [N] under the same attack and starts as `evaluate`: what a
-    paired bootstrap over test examples needs to compare two models on the same examples."""
+    """Per-example robust correctness [N] (float64 1/0, NaN where the logits are not finite) under the same
+    attack and starts as `evaluate`: what a paired bootstrap over test examples needs to compare two models."""
     with torch.no_grad():
         return torch.cat([
-            (model(x_adv).argmax(1) == y).cpu()
+            correct_per_example(model(x_adv), y).cpu()
             for _, y, x_adv in attacked_batches(model, ds, attack, batch_size=batch_size, device=device, seed=seed)
         ])

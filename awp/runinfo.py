@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from awp.store import RunReader, epoch_ranges
-from awp.trainconfig import TrainConfig, format_toml
+from awp.trainconfig import format_toml
 
 # Columns of the metric table: (metric, header, format).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -83,7 +83,7 @@ def info_text(reader: RunReader, every: int = 1) -> str:
     lines.append(f"saved      epochs {epoch_ranges(reader.epochs_saved())}")
     lines.append("")
     lines.append("# config")
-    lines.append(format_toml(TrainConfig.from_dict(reader.config)))
+    lines.append(format_toml(reader.train_config()))
     lines.append("")
     lines.append("# metrics")
     lines.extend(metric_table(reader, every))

@@ -19,6 +19,7 @@ the file keeps a persistent free-space map, so their space is reused.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from torch.utils.data import Dataset
 from awp import __version__
 from awp.attacks import AttackConfig
 from awp.errors import UserError
+from awp.safeio import atomic_write, check_output, exclusive, fsync_path, is_write_failure, tmp_path, write_failure
 
 FORMAT = "awp-landscape-run"
 FORMAT_VERSION = 1
@@ -103,61 +105,44 @@ def _versions() -> dict[str, str | None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def tmp_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".tmp")
-
-
 def remove_stale_tmp(path: str | Path) -> None:
     """A `.tmp` left by a killed process is an unfinished transaction: drop it."""
     tmp_path(path).unlink(missing_ok=True)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def transaction(path: str | Path, *, create: bool = False) -> Iterator[h5py.File]:
-    """Change a run file all or nothing: work on `<run>.tmp` (a copy, or a new file when `create`),
-    then flush, fsync and `os.replace` it onto the run. An exception leaves the run untouched."""
+    """Change an HDF5 file all or nothing: work on `<file>.tmp` (a copy, or a new file when `create`),
+    then flush, fsync and `os.replace` it onto the file. Any exception leaves the file untouched and
+    removes the `.tmp`; a full or read-only disk becomes one `UserError` line."""
     path = Path(path)
     tmp = tmp_path(path)
-    if create:
-        tmp.unlink(missing_ok=True)
-        # A persistent free-space map lets later epochs reuse the space of deleted weights.
-        f = h5py.File(tmp, "w", libver="v110", fs_strategy="fsm", fs_persist=True)
-    else:
-        shutil.copyfile(path, tmp)
-        f = h5py.File(tmp, "r+")
+    f = None
     try:
+        if create:
+            tmp.unlink(missing_ok=True)
+            # A persistent free-space map lets later epochs reuse the space of deleted weights.
+            f = h5py.File(tmp, "w", libver="v110", fs_strategy="fsm", fs_persist=True)
+        else:
+            shutil.copyfile(path, tmp)
+            f = h5py.File(tmp, "r+")
         yield f
         f.flush()
-    except BaseException:
         f.close()
-        tmp.unlink(missing_ok=True)
+        f = None
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if f is not None:
+            with suppress(Exception):  # closing a file on a full disk raises again: the .tmp goes anyway
+                f.close()
+        with suppress(OSError):
+            tmp.unlink()
+        if is_write_failure(e):
+            raise write_failure(path, e, f"{str(path)!r} keeps its last complete state") from None  # type: ignore[arg-type]
         raise
-    f.close()
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent.resolve())
+    with suppress(OSError):
+        fsync_path(path.parent.resolve())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,24 +285,85 @@ class RunReader:
     """Read access to a run file. The file is opened per call, so a run that is still training
     (and replaces its file after every epoch) can be read at the same time."""
 
+    # What rebuilds the model: every key `build_model` and `checkpoint_dict` read, with its JSON type.
+    MODEL_KEYS: dict[str, type] = {
+        "arch": str, "arch_kwargs": dict, "dataset": str, "num_classes": int, "in_channels": int, "mean": list, "std": list,
+    }
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        with self._open() as f:
-            self.config: dict[str, Any] = _json_attr(f, "config")
-            self.model_meta: dict[str, Any] = _json_attr(f, "model")
-            self.versions: dict[str, Any] = _json_attr(f, "versions")
+        with self._open() as f:  # everything later calls rely on is checked once, here
+            self.config: dict[str, Any] = self._json_object(f, "config")
+            self.model_meta: dict[str, Any] = self._json_object(f, "model")
+            self.versions: dict[str, Any] = self._versions(f)
             self.status: str = str(f.attrs.get("status", ""))
-            self.best_epoch: int | None = _opt_int(f, "best_epoch")
-            self.best_val_epoch: int | None = _opt_int(f, "best_val_epoch")
-            self.last_epoch: int | None = _opt_int(f, "last_epoch")
+            self.best_epoch: int | None = self._opt_int(f, "best_epoch")
+            self.best_val_epoch: int | None = self._opt_int(f, "best_val_epoch")
+            self.last_epoch: int | None = self._opt_int(f, "last_epoch")
+            for group in ("weights", "metrics"):
+                if not isinstance(f.get(group), h5py.Group):
+                    raise self.damaged(f"no /{group} group")
             self._saved = sorted(
                 int(m.group(1)) for m in (_EPOCH_GROUP.match(k) for k in f["weights"]) if m
             )
+        self._check_meta()
+
+    def damaged(self, what: str) -> UserError:
+        """The one-line error for a run file that is forged, truncated or from a broken writer."""
+        return UserError(f"{str(self.path)!r} is a damaged or incomplete run file: {what}")
+
+    def _json_object(self, f: h5py.File, key: str) -> dict[str, Any]:
+        """A required attribute holding a JSON object (`config`, `model`)."""
+        if key not in f.attrs:
+            raise self.damaged(f"no {key!r} attribute")
+        try:
+            value = json.loads(f.attrs[key])
+        except (TypeError, ValueError):
+            raise self.damaged(f"the {key!r} attribute is not JSON") from None
+        if not isinstance(value, dict):
+            raise self.damaged(f"the {key!r} attribute is not a JSON object")
+        return value
+
+    @staticmethod
+    def _versions(f: h5py.File) -> dict[str, Any]:
+        """The writer's versions (informational): {} when absent or unreadable, never an error."""
+        try:
+            v = json.loads(f.attrs["versions"])
+        except (KeyError, TypeError, ValueError):
+            return {}
+        return v if isinstance(v, dict) else {}
+
+    def _opt_int(self, f: h5py.File, key: str) -> int | None:
+        """An optional integer attribute (best_epoch, ...)."""
+        v = f.attrs.get(key)
+        if v is None:
+            return None
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise self.damaged(f"{key} {v!r} is not an integer")
+        return int(v)
+
+    def _check_meta(self) -> None:
+        """The model JSON has every key that rebuilds the model, and the config the threat model and data set."""
+        meta = self.model_meta
+        missing = [k for k in self.MODEL_KEYS if k not in meta]
+        if missing:
+            raise self.damaged(f"the model attribute lacks {', '.join(missing)}")
+        wrong = [k for k, t in self.MODEL_KEYS.items() if not isinstance(meta[k], t) or isinstance(meta[k], bool)]
+        if wrong:
+            raise self.damaged(f"the model attribute has wrongly typed {', '.join(wrong)}")
+        if not isinstance(self.config.get("dataset"), str) or not isinstance(self.config.get("attack"), dict):
+            raise self.damaged("the config attribute lacks its dataset or attack")
+        try:
+            self.attack_config()
+        except (TypeError, UserError) as e:
+            raise self.damaged(f"the config's attack does not fit: {e}") from None
 
     @contextmanager
     def _open(self) -> Iterator[h5py.File]:
         if not self.path.exists():
             raise UserError(f"no run file at {str(self.path)!r}")
+        if self.path.is_dir():
+            raise UserError(f"{str(self.path)!r} is a directory, not a run file from `landscape train-awp`")
         try:
             f = h5py.File(self.path, "r")
         except OSError:
@@ -325,7 +371,11 @@ class RunReader:
         try:
             if f.attrs.get("format") != FORMAT:
                 raise UserError(f"{str(self.path)!r} is an HDF5 file but not a {FORMAT} run file (from `landscape train-awp`)")
-            version = int(f.attrs.get("format_version", -1))
+            version = f.attrs.get("format_version")
+            if version is None:
+                raise self.damaged("no 'format_version' attribute")
+            if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
+                raise self.damaged(f"format_version {version!r} is not an integer")
             if version > FORMAT_VERSION:
                 raise UserError(f"{str(self.path)!r} has run-file format version {version}; this awp {__version__} reads up to {FORMAT_VERSION}")
             yield f
@@ -381,30 +431,49 @@ class RunReader:
         with self._open() as f:
             try:
                 return read_tensors(f["weights"][epoch_group_name(epoch)])
-            except OSError as e:  # fletcher32 mismatch or truncated data
+            except (OSError, KeyError, AttributeError, TypeError, ValueError) as e:  # fletcher32, truncation, forgery
                 raise UserError(f"weights of epoch {epoch} in {str(self.path)!r} are corrupt: {e}") from None
 
     def build_model(self, epoch: int, device: str | torch.device = "cpu") -> nn.Module:
-        """The registry model with the weights of `epoch` loaded, in eval mode, on `device`."""
+        """The registry model with the weights of `epoch` loaded (strictly), in eval mode, on `device`."""
         from awp.models import create_model
 
         meta = self.model_meta
         model = create_model(
             meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
         )
-        model.load_state_dict(self.state_dict(epoch))
+        self.load_into(model, epoch)
         return model.to(device).eval()
+
+    def load_into(self, model: nn.Module, epoch: int) -> None:
+        """Load the weights of `epoch` into `model` strictly (e.g. to resume); weights that do not fit the
+        model are one line naming the missing, unexpected or mis-shaped keys, not a torch traceback."""
+        from awp.models.loading import load_weights
+
+        load_weights(model, self.state_dict(epoch), self.path, str(self.model_meta["arch"]))
 
     # -- metrics, threat model, data -----------------------------------------------------------
 
     def metrics(self) -> dict[str, np.ndarray]:
         """One float64 array per metric, one row per finished epoch (`epoch` holds the epoch numbers)."""
         with self._open() as f:
-            return {k: np.asarray(v[()]) for k, v in f["metrics"].items()}
+            try:
+                return {k: np.asarray(v[()], dtype=np.float64) for k, v in f["metrics"].items()}
+            except (OSError, AttributeError, TypeError, ValueError) as e:
+                raise self.damaged(f"its metrics cannot be read ({e})") from None
 
     def attack_config(self) -> AttackConfig:
         """The training threat model: norm, eps, training step size (eta1) and steps (K1)."""
         return AttackConfig(**self.config["attack"])
+
+    def train_config(self) -> Any:
+        """The stored config as a `TrainConfig`; one that does not fit this version names the file."""
+        from awp.trainconfig import TrainConfig
+
+        try:
+            return TrainConfig.from_dict(self.config)
+        except UserError as e:
+            raise self.damaged(str(e)) from None
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         """(train, test) as the run used them: the exact training examples (subset, minus any
@@ -424,8 +493,11 @@ class RunReader:
         with self._open() as f:
             if "resume" not in f:
                 return None
-            r = f["resume"]
-            return ResumeState(int(r.attrs["epoch"]), read_tensors(r["tensors"]), json.loads(r.attrs["state"]))
+            try:
+                r = f["resume"]
+                return ResumeState(int(r.attrs["epoch"]), read_tensors(r["tensors"]), json.loads(r.attrs["state"]))
+            except (OSError, KeyError, AttributeError, TypeError, ValueError) as e:
+                raise self.damaged(f"its resume state cannot be read ({type(e).__name__}: {e})") from None
 
 
 def open_run(path: str | Path) -> RunReader:
@@ -455,17 +527,18 @@ def checkpoint_dict(reader: RunReader, epoch: int) -> dict[str, Any]:
     }
 
 
-def export_checkpoint(run: str | Path, epoch_spec: str, out: str | Path) -> int:
-    """Write epoch `best|last|best_val|N` of `run` to `out` (torch.save of `checkpoint_dict`); returns the epoch."""
+def export_checkpoint(run: str | Path, epoch_spec: str, out: str | Path, *, overwrite: bool = False) -> int:
+    """Write epoch `best|last|best_val|N` of `run` to `out` (torch.save of `checkpoint_dict`); returns
+    the epoch. An existing `out` is replaced only with `overwrite`, and never when it is a run file."""
     text = str(epoch_spec).strip().lower()
     if text == "all" or text.startswith("every:"):
         raise UserError(f"export takes one epoch, got {epoch_spec!r}; accepted: best, last, best_val or N")
+    check_output(out, "-o", inputs=[run], overwrite=overwrite, writes="checkpoint export")
     reader = open_run(run)
     epochs = reader.resolve_epochs(epoch_spec)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(checkpoint_dict(reader, epochs[0]), tmp)
-    os.replace(tmp, out)
+    buf = io.BytesIO()  # serialized in memory: torch.save on a full disk fails with a RuntimeError, not an OSError
+    torch.save(checkpoint_dict(reader, epochs[0]), buf)
+    with exclusive(out):
+        atomic_write(out, lambda tmp: tmp.write_bytes(buf.getbuffer()))
     return epochs[0]
 

@@ -20,15 +20,17 @@ from torch import Tensor, nn
 
 from awp.attacks import AttackConfig
 from awp.config import resolve_device
-from awp.data import batches
-from awp.errors import UserError
+from awp.data import batches, dataset_info
+from awp.errors import Interrupted, UserError
 from awp.evaluate import evaluate
 from awp.methods import Method, get_method
 from awp.models import create_model
 from awp.perturb import AWPConfig, Params, find_perturbation, frozen_batchnorm, perturbable_params, perturbed, zeros_like_params
 from awp.rundata import RunData, run_data
 from awp.schedules import ScheduleSpec, learning_rate
-from awp.store import ResumeState, commit_epoch, create_run, open_run, remove_stale_tmp, set_status
+from awp.safeio import check_output, exclusive, hdf5_format
+from awp.stopping import graceful_stop, stop_requested
+from awp.store import FORMAT, ResumeState, RunReader, commit_epoch, create_run, open_run, remove_stale_tmp, set_status
 from awp.trainconfig import TrainConfig, config_diff, to_flat, validate
 
 
@@ -126,6 +128,7 @@ class EpochResult:
     awp_on: bool
     seconds: float
     bad_step: int | None = None  # first step whose loss was NaN/inf
+    stopped: bool = False  # Ctrl-C: the epoch was abandoned after a complete step
 
 
 def awp_active(cfg: TrainConfig, method: Method, epoch: int) -> bool:
@@ -167,6 +170,8 @@ def train_epoch(
         total = total.add(r)
         if on_step is not None:
             on_step(it + 1, steps, r.loss_sum / r.n)
+        if stop_requested():
+            return EpochResult(lr, math.nan, math.nan, math.nan, use_awp, time.perf_counter() - t0, stopped=True)
     n = max(total.n, 1)
     return EpochResult(
         lr=first_lr if first_lr is not None else cfg.lr,
@@ -299,10 +304,51 @@ def train(
     """
     out = Path(out)
     rep = reporter or SilentReporter()
+    device = preflight(cfg, out, resume=resume, overwrite=overwrite)
+    with exclusive(out), graceful_stop():
+        return _train(cfg, out, resume=resume, overwrite=overwrite, rep=rep, device=device)
+
+
+def preflight(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False) -> torch.device:
+    """Every check that needs neither data nor compute: the run file, the config's values (a config
+    built by hand skips resolve_config's), the device, and that the model can be built and fits in
+    memory (built on the meta device: no memory, no random numbers)."""
+    check_run_output(Path(out), resume=resume, overwrite=overwrite)
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    info = dataset_info(cfg.dataset)
+    with torch.device("meta"):
+        skeleton = create_model(cfg.arch, info.num_classes, info.in_channels, info.mean, info.std, **cfg.arch_kwargs)
+    if resume and Path(out).exists():
+        reader = check_resumable(cfg, Path(out))
+        if reader.last_epoch is not None:
+            reader.load_into(skeleton, reader.last_epoch)  # the stored weights fit the model
+    return device
+
+
+def check_resumable(cfg: TrainConfig, out: Path) -> RunReader:
+    """The run at `out` was made with `cfg` (runtime options aside): else one line naming the differences."""
+    reader = open_run(out)
+    diff = config_diff(TrainConfig.from_dict(reader.config), cfg)
+    if diff:
+        stored = to_flat(TrainConfig.from_dict(reader.config))
+        new = to_flat(cfg)
+        detail = ", ".join(f"{k} (run: {stored[k]!r}, now: {new[k]!r})" for k in diff)
+        raise UserError(f"cannot resume {str(out)!r}: the config differs in {detail}")
+    return reader
+
+
+def check_run_output(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before anything is computed: `out` may become (or continue as) a run file."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
-    validate(cfg)  # a TrainConfig built by hand skips resolve_config's checks
-    device = resolve_device(cfg.device)
+    if not resume and not overwrite and out.exists() and hdf5_format(out) == FORMAT:
+        raise UserError(f"{str(out)!r} already exists; pass --resume to continue it or --overwrite to start over")
+    check_output(out, "--out", overwrite=overwrite, writes="run", resumes=FORMAT if resume else None)
+
+
+def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: Reporter, device: torch.device) -> RunResult:
+    """`train` once `out` is held by this process."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     remove_stale_tmp(out)
@@ -315,15 +361,9 @@ def train(
     opt = make_optimizer(model, cfg)
     start = 1
     if out.exists() and resume:
-        reader = open_run(out)
-        diff = config_diff(TrainConfig.from_dict(reader.config), cfg)
-        if diff:
-            stored = to_flat(TrainConfig.from_dict(reader.config))
-            new = to_flat(cfg)
-            detail = ", ".join(f"{k} (run: {stored[k]!r}, now: {new[k]!r})" for k in diff)
-            raise UserError(f"cannot resume {str(out)!r}: the config differs in {detail}")
+        reader = check_resumable(cfg, out)
         if reader.last_epoch is not None:
-            model.load_state_dict(reader.state_dict(reader.last_epoch))
+            reader.load_into(model, reader.last_epoch)  # strictly: a run that does not fit is one line
             st = reader.resume_state()
             if st is not None:
                 load_optimizer_state(model, opt, st.tensors, st.state["optimizer"]["param_groups"])
@@ -343,6 +383,10 @@ def train(
         for epoch in range(start, cfg.epochs + 1):
             rep.epoch_start(epoch, cfg.epochs, steps)
             ep = train_epoch(model, opt, cfg, data, epoch, device, on_step=rep.step)
+            if ep.stopped:
+                kept = f"epochs 1-{epoch - 1}" if epoch > 1 else "no finished epoch"
+                set_status(out, f"interrupted during epoch {epoch}")
+                raise Interrupted(f"stopped during epoch {epoch}; {str(out)!r} keeps {kept}")
             if ep.bad_step is not None:
                 kept = f"epochs up to {epoch - 1}" if epoch > 1 else "no epochs"
                 set_status(out, f"stopped: non-finite loss at epoch {epoch}, step {ep.bad_step}")

@@ -9,15 +9,14 @@ the run file; resuming under a config that differs names the differing options.
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from awp.attacks import AttackConfig, threat_model
-from awp.config import parse_fraction
+from awp.config import check_seed, parse_fraction
 from awp.data import dataset_info
 from awp.errors import UserError
 from awp.methods import get_method
@@ -70,11 +69,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["attack"] = AttackConfig(**d["attack"])
-        d["awp"] = AWPConfig(**d["awp"])
-        d["lr_milestones"] = tuple(d["lr_milestones"])
-        return cls(**d)
+        """The inverse of `to_dict`; a stored config that does not fit is a one-line `UserError`."""
+        try:
+            d = dict(d)
+            d["attack"] = AttackConfig(**d["attack"])
+            d["awp"] = AWPConfig(**d["awp"])
+            d["lr_milestones"] = tuple(d["lr_milestones"])
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"the stored training config is damaged or from another version: {type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,24 +116,35 @@ OPTIONS = tuple(KINDS)
 RUNTIME_OPTIONS = frozenset({"device", "data_dir", "eval_batch_size", "threads"})
 
 
+def flag(name: str) -> str:
+    """The command-line spelling of a flat option: 'train_steps' -> '--train-steps' (what messages name)."""
+    return "--" + name.replace("_", "-")
+
+
+def _parse_str(name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise UserError(f"{flag(name)} must be a string, got {v!r}")
+    return v
+
+
 def _parse_int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
-        raise UserError(f"{name} must be an integer, got {v!r}")
+        raise UserError(f"{flag(name)} must be an integer, got {v!r}")
     try:
         return int(v)
     except ValueError:
-        raise UserError(f"{name} must be an integer, got {v!r}") from None
+        raise UserError(f"{flag(name)} must be an integer, got {v!r}") from None
 
 
 def _parse_bool(name: str, v: Any) -> bool:
     if isinstance(v, bool):
         return v
-    text = str(v).strip().lower()
+    text = str(v).strip().lower() if isinstance(v, (str, int)) else ""
     if text in ("true", "1", "yes"):
         return True
     if text in ("false", "0", "no"):
         return False
-    raise UserError(f"{name} must be true or false, got {v!r}")
+    raise UserError(f"{flag(name)} must be true or false, got {v!r}")
 
 
 def _parse_dict(name: str, v: Any) -> dict[str, Any]:
@@ -138,21 +152,23 @@ def _parse_dict(name: str, v: Any) -> dict[str, Any]:
         try:
             v = json.loads(v) if v.strip() else {}
         except json.JSONDecodeError:
-            raise UserError(f"{name} must be a JSON object like '{{\"widths\": [16, 32, 32]}}', got {v!r}") from None
+            raise UserError(f"{flag(name)} must be a JSON object like '{{\"widths\": [16, 32, 32]}}', got {v!r}") from None
     if not isinstance(v, dict):
-        raise UserError(f"{name} must be a table/JSON object, got {v!r}")
+        raise UserError(f"{flag(name)} must be a table/JSON object like '{{\"widths\": [16, 32, 32]}}', got {v!r}")
     return dict(v)
 
 
 def _parse_floats(name: str, v: Any) -> tuple[float, ...]:
-    items = [s for s in v.replace(",", " ").split()] if isinstance(v, str) else list(v)
-    return tuple(parse_fraction(s, name) for s in items)
+    if not isinstance(v, (str, list, tuple)):
+        raise UserError(f"{flag(name)} must be a list of numbers like 0.5,0.75, got {v!r}")
+    items = v.replace(",", " ").split() if isinstance(v, str) else list(v)
+    return tuple(parse_fraction(s, flag(name)) for s in items)
 
 
 _PARSERS = {
-    _STR: lambda name, v: str(v),
+    _STR: _parse_str,
     _INT: _parse_int,
-    _FRAC: lambda name, v: parse_fraction(v, name.replace("_", " ")),
+    _FRAC: lambda name, v: parse_fraction(v, flag(name)),
     _BOOL: _parse_bool,
     _DICT: _parse_dict,
     _FLOATS: _parse_floats,
@@ -164,6 +180,68 @@ def parse_option(name: str, value: Any) -> Any:
     if name not in KINDS:
         raise UserError(f"unknown option {name!r}; accepted: {', '.join(OPTIONS)}")
     return None if value is None else _PARSERS[KINDS[name]](name, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checks, one per flat option (messages name the flag, e.g. --train-steps, not `steps`)
+# ---------------------------------------------------------------------------------------------
+
+Check = Callable[[str, Any], Any]  # (flag, parsed value) -> anything; raises a one-line UserError
+
+
+def _at_least(lo: int) -> Check:
+    """An integer option that must be >= lo."""
+
+    def check(name: str, v: int) -> None:
+        if v < lo:
+            raise UserError(f"{name} must be >= {lo}, got {v}")
+
+    return check
+
+
+def _unit_interval(name: str, v: float) -> None:
+    """A fraction in [0, 1): momentum, the validation split."""
+    if not 0 <= v < 1:
+        raise UserError(f"{name} must be in [0, 1), got {v:g}")
+
+
+def _lookup(fn: Callable[[str], Any]) -> Check:
+    """A name looked up in a registry (dataset, method, schedule, norm); its error lists what is accepted."""
+    return lambda name, v: fn(v)
+
+
+def _milestones(name: str, v: tuple[float, ...]) -> None:
+    try:
+        check_milestones(v)
+    except UserError:
+        got = ",".join(f"{m:g}" for m in v)
+        raise UserError(f"{name} must be increasing fractions of training in (0, 1], got {got}") from None
+
+
+def _fraction(name: str, v: float) -> None:
+    """eps, step sizes, gamma, lr, weight decay: finite and >= 0 (what `parse_fraction` gives a flag;
+    a `TrainConfig` built by hand is checked here)."""
+    if not 0 <= v < float("inf"):
+        raise UserError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+_NONNEG, _POSITIVE = _at_least(0), _at_least(1)
+CHECKS: dict[str, Check] = {
+    **{name: _fraction for name, kind in KINDS.items() if kind == _FRAC},
+    "dataset": _lookup(dataset_info), "method": _lookup(get_method), "lr_schedule": _lookup(get_schedule),
+    "norm": _lookup(threat_model), "lr_milestones": _milestones, "momentum": _unit_interval, "val_split": _unit_interval,
+    "epochs": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "awp_steps": _POSITIVE,
+    "awp_alternations": _POSITIVE, "train_steps": _NONNEG, "eval_steps": _NONNEG, "awp_warmup": _NONNEG,
+    "train_size": _NONNEG, "train_eval_size": _NONNEG, "test_size": _NONNEG, "save_every": _NONNEG,
+    "threads": _NONNEG, "seed": lambda name, v: check_seed(v, name),
+}
+
+
+def check_options(flat: Mapping[str, Any]) -> None:
+    """Run the check of every given flat option (None: not given), so the first bad one is named by its flag."""
+    for name, check in CHECKS.items():
+        if flat.get(name) is not None:
+            check(flag(name), flat[name])
 
 
 def to_flat(cfg: TrainConfig) -> dict[str, Any]:
@@ -183,8 +261,9 @@ def from_flat(flat: Mapping[str, Any]) -> TrainConfig:
     top = {f.name for f in fields(TrainConfig)}
     kw: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {"attack": {}, "awp": {}}
-    for name, value in flat.items():
-        value = parse_option(name, value)
+    parsed = {name: parse_option(name, value) for name, value in flat.items()}
+    check_options(parsed)  # before the nested configs, whose own checks know only their field names
+    for name, value in parsed.items():
         if name in NESTED:
             section, attr = NESTED[name]
             nested[section][attr] = value
@@ -198,29 +277,8 @@ def from_flat(flat: Mapping[str, Any]) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Every value check not done by the nested configs, each a one-line `UserError`."""
-    dataset_info(cfg.dataset)
-    get_method(cfg.method)
-    get_schedule(cfg.lr_schedule)
-    check_milestones(cfg.lr_milestones)
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
-    for name, v in positive.items():
-        if v < 1:
-            raise UserError(f"{name} must be >= 1, got {v}")
-    nonneg = {
-        "eval_steps": cfg.eval_steps, "awp_warmup": cfg.awp_warmup, "train_size": cfg.train_size,
-        "train_eval_size": cfg.train_eval_size, "test_size": cfg.test_size, "save_every": cfg.save_every,
-        "seed": cfg.seed, "threads": cfg.threads,
-    }
-    for name, v in nonneg.items():
-        if v < 0:
-            raise UserError(f"{name} must be >= 0, got {v}")
-    if not 0 <= cfg.momentum < 1:
-        raise UserError(f"momentum must be in [0, 1), got {cfg.momentum}")
-    if not 0 <= cfg.val_split < 1:
-        raise UserError(f"val split must be a fraction in [0, 1), got {cfg.val_split}")
-    if not math.isfinite(cfg.lr):
-        raise UserError(f"lr must be finite, got {cfg.lr}")
+    """Every per-option check of `CHECKS` on a built config (one built by hand skipped `from_flat`)."""
+    check_options(to_flat(cfg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,13 +322,19 @@ THREAT_DEFAULTS: dict[tuple[str, str], tuple[float, float]] = {
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Flat options from a TOML file (top-level keys with the CLI's names, '-' or '_')."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {str(path)!r} is a directory; give a TOML file")
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise UserError(f"config file {str(path)!r} not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {str(path)!r} is not text (invalid UTF-8), so not a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise UserError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")

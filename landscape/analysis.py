@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from awp.config import check_positive_int, check_seed
 from awp.errors import UserError
+from awp.safeio import check_dir, check_output, provenance, same_file
 from awp.store import open_run
-from landscape.probe import ProbeConfig, run_probe
+from landscape.coords import parse_centred_range
+from landscape.probe import ProbeConfig, check_outputs, run_probe
 from landscape.results import StaleResults
 from landscape.results import ProbeResults
 from landscape.stats import Estimate, correlations
@@ -91,6 +94,7 @@ class GapConfig:
     prefix: str = "gap"
     progress: bool = True
     n_boot: int = 2000
+    overwrite: bool = False  # replace existing figures / pages that are not this command's own
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -99,17 +103,48 @@ class GapConfig:
             raise UserError(f"--every must be >= 1, got {self.every}")
         if self.sharpness not in SHARPNESS:
             raise UserError(f"unknown --sharpness {self.sharpness!r}; accepted: {', '.join(SHARPNESS)}")
+        check_seed(self.seed, "--seed")
+        check_positive_int(self.dirs, "--dirs")
+        parse_centred_range(self.alphas, "--alphas")  # refused before any run is opened or probed
 
 
-def probe_run(cfg: GapConfig, run: str | Path, console: Console | None = None) -> ProbeResults:
-    """Landscapes of every K-th saved checkpoint plus best and last, with the `probe` engine, cached."""
+def probe_config(cfg: GapConfig, run: str | Path) -> ProbeConfig:
+    """The small probe of every K-th saved checkpoint plus best and last, cached beside the run."""
     reader = open_run(run)
     steps = cfg.steps if cfg.steps is not None else reader.attack_config().steps
-    pcfg = ProbeConfig(
+    return ProbeConfig(
         checkpoint=str(run), epochs=f"every:{cfg.every}", alphas=cfg.alphas, dirs=cfg.dirs, steps=steps,
         split=cfg.split, samples=cfg.samples, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
         out=str(landscape_path(run)), png=str(landscape_path(run).with_suffix(".png")), progress=cfg.progress,
     )
+
+
+def check_caches(cfg: GapConfig) -> list[Path]:
+    """Before any compute: every run opens, and its landscape cache (and PNG) may be written or resumed;
+    returns the cache files (inputs of whatever is drawn from them)."""
+    caches = []
+    for run in cfg.runs:
+        pcfg = probe_config(cfg, run)
+        for other in cfg.runs:
+            if same_file(pcfg.out, other):
+                raise UserError(f"run {str(other)!r} sits where the landscape cache of {str(run)!r} goes; rename it")
+        caches.append(check_outputs(pcfg)[0])
+    return caches
+
+
+def check_figures(cfg: GapConfig, names: list[str], command: str) -> str:
+    """--out-dir can hold the figures `names`; returns their provenance tag."""
+    out = check_dir(cfg.out_dir, "--out-dir")
+    tag = provenance(command, cfg.runs, out)
+    for name in names:
+        check_output(out / name, "--out-dir", inputs=[*cfg.runs, *map(landscape_path, cfg.runs)],
+                     overwrite=cfg.overwrite, writes="figure", tag=tag)
+    return tag
+
+
+def probe_run(cfg: GapConfig, run: str | Path, console: Console | None = None) -> ProbeResults:
+    """Landscapes of every K-th saved checkpoint plus best and last, with the `probe` engine, cached."""
+    pcfg = probe_config(cfg, run)
     console = console or Console(quiet=True)
     try:
         return run_probe(pcfg, console=console).results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 from awp.attacks import AttackConfig
 from awp.errors import UserError
 from awp.models import create_model
+from awp.models.loading import load_weights, strip_prefix  # noqa: F401  (re-exported: landscape's old home)
 from landscape.results import CheckpointId, weights_sha256
 
 
@@ -98,56 +100,37 @@ def open_run_source(path: Path, epochs: str, arch: str | None, dataset: str | No
 # ---------------------------------------------------------------------------------------------
 
 
+PICKLE_PROTO = b"\x80"  # the first byte of a pickle (protocol >= 2): a legacy torch.save or a plain pickle.dump
+
+
+def _not_a_checkpoint(path: Path) -> UserError:
+    return UserError(f"{str(path)!r} is neither a run file (HDF5 from `landscape train-awp`) nor a PyTorch .pt checkpoint")
+
+
 def _torch_load(path: Path) -> Any:
+    """torch.load with weights_only=True, torch's warnings silenced (the one-line error says it all):
+    a zip archive or a legacy pickle that holds more than tensors is refused without running any of it;
+    a file that is neither (text, say) is never handed to the unpickler."""
+    with path.open("rb") as fh:
+        head = fh.read(1)
+    pickled = zipfile.is_zipfile(path) or head == PICKLE_PROTO
+    if not pickled:
+        raise _not_a_checkpoint(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        if zipfile.is_zipfile(path):  # a real torch.save archive that pickles more than tensors
-            raise UserError(
-                f"{str(path)!r} holds Python objects besides tensors; only weights_only checkpoints are read "
-                f"(save model.state_dict())"
-            ) from None
-        raise UserError(
-            f"{str(path)!r} is neither a run file (HDF5 from `landscape train-awp`) nor a PyTorch .pt checkpoint"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError):
-        raise UserError(
-            f"{str(path)!r} is neither a run file (HDF5 from `landscape train-awp`) nor a PyTorch .pt checkpoint"
-        ) from None
+        raise UserError(f"{str(path)!r} refused: it contains pickled objects besides tensors, and only weights_only "
+                        f"checkpoints are read (save model.state_dict())") from None
+    except Exception:  # a truncated archive, a pickle torch cannot read: whatever it is, not a checkpoint
+        raise _not_a_checkpoint(path) from None
 
 
 def _tensor_dict(obj: Any) -> dict[str, Tensor] | None:
     if isinstance(obj, Mapping) and obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         return dict(obj)
     return None
-
-
-def strip_prefix(sd: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
-    """Drop the `module.` that DataParallel/DDP put in front of every key."""
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
-def load_weights(model: nn.Module, sd: Mapping[str, Tensor], path: Path, arch: str) -> None:
-    """Load `sd` strictly; a mismatch is one line naming missing, unexpected and mis-shaped keys.
-    A state dict of the bare network (no `normalize.*`) goes into `model.net` behind our Normalize."""
-    own = model.state_dict()
-    sd = strip_prefix(sd)
-    if hasattr(model, "net") and not any(k in own for k in sd) and all(f"net.{k}" in own for k in sd):
-        sd = {**{k: v for k, v in own.items() if k.startswith("normalize.")}, **{f"net.{k}": v for k, v in sd.items()}}
-    missing = sorted(own.keys() - sd.keys())
-    unexpected = sorted(sd.keys() - own.keys())
-    shapes = [f"{k} {list(sd[k].shape)} in the file, {list(own[k].shape)} in the model"
-              for k in sorted(own.keys() & sd.keys()) if sd[k].shape != own[k].shape]
-    parts = []
-    for what, items in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes)):
-        if items:
-            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-            parts.append(f"{what} {', '.join(items[:3])}{more}")
-    if parts:
-        raise UserError(f"{str(path)!r} does not match architecture {arch!r}: {'; '.join(parts)}")
-    model.load_state_dict(sd)
 
 
 def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | None, data_dir: str) -> Source:
@@ -159,14 +142,19 @@ def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | Non
     config: dict[str, Any] = {}
     epoch = None
     if isinstance(obj, Mapping) and "arch" in obj and _tensor_dict(obj.get("state_dict")) is not None:  # our export
-        _check_same("arch", arch, obj["arch"], path)
-        _check_same("dataset", dataset, obj["dataset"], path)
-        arch, dataset = obj["arch"], obj["dataset"]
-        sd = obj["state_dict"]
-        model = create_model(arch, int(obj["num_classes"]), int(obj["in_channels"]), obj["mean"], obj["std"],
-                             **dict(obj.get("arch_kwargs") or {}))
-        epoch = int(obj["epoch"]) if obj.get("epoch") is not None else None
-        config = json.loads(obj.get("config_json") or "{}")
+        try:
+            _check_same("arch", arch, str(obj["arch"]), path)
+            _check_same("dataset", dataset, str(obj["dataset"]), path)
+            arch, dataset = str(obj["arch"]), str(obj["dataset"])
+            sd = obj["state_dict"]
+            model = create_model(arch, int(obj["num_classes"]), int(obj["in_channels"]), obj["mean"], obj["std"],
+                                 **dict(obj.get("arch_kwargs") or {}))
+            epoch = int(obj["epoch"]) if obj.get("epoch") is not None else None
+            config = json.loads(obj.get("config_json") or "{}")
+            if not isinstance(config, dict):
+                raise ValueError("config_json is not a JSON object")
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{str(path)!r} is a damaged export (from `landscape export`): {type(e).__name__}: {e}") from None
     else:  # a foreign state dict, maybe wrapped as {"state_dict": ...}
         sd = _tensor_dict(obj) or (_tensor_dict(obj.get("state_dict")) if isinstance(obj, Mapping) else None)
         if sd is None:
@@ -180,7 +168,10 @@ def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | Non
     sha = weights_sha256(model.state_dict())
     label = f"epoch {epoch}" if epoch is not None else path.name
     ckpt = Checkpoint(CheckpointId(str(path), epoch, sha, label), lambda device: model.to(device).eval())
-    attack = AttackConfig(**config["attack"]) if isinstance(config.get("attack"), Mapping) else None
+    try:
+        attack = AttackConfig(**config["attack"]) if isinstance(config.get("attack"), Mapping) else None
+    except TypeError as e:
+        raise UserError(f"{str(path)!r} is a damaged export: its training attack does not fit ({e})") from None
     if config.get("dataset") == dataset:  # our export: the exact training set of its run
         datasets = lambda: _run_datasets(config)  # noqa: E731
     else:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from awp.errors import UserError
+from awp.safeio import check_dir, check_output, provenance, signed
 from awp.methods import METHODS
 from awp.store import open_run
 from landscape import figures
@@ -39,6 +40,11 @@ class DemoConfig:
     report: str = "report.html"
     device: str = "cpu"
     progress: bool = True
+    overwrite: bool = False  # replace figures, report and demo runs made with other settings
+
+    def run_paths(self) -> list[Path]:
+        suffix = "-quick" if self.quick else ""
+        return [Path(self.runs_dir) / f"digits-{m}-seed{self.seed}{suffix}.h5" for m in METHODS]
 
     def train_flags(self, method: str) -> dict:
         flags = {"dataset": "digits", "method": method, "seed": self.seed, "device": self.device}
@@ -68,19 +74,41 @@ def _train_all(cfg: DemoConfig, console: Console) -> list[str]:
     from awp.trainconfig import resolve_config
 
     paths = []
-    for method in METHODS:
-        path = Path(cfg.runs_dir) / f"digits-{method}-seed{cfg.seed}{'-quick' if cfg.quick else ''}.h5"
+    for method, path in zip(METHODS, cfg.run_paths()):
         console.rule(f"training {method}")
         tcfg = resolve_config(cfg.train_flags(method))
         try:  # a finished run from an earlier demo is reused; an interrupted one continues
             train(tcfg, path, resume=True, reporter=ConsoleReporter(quiet=not cfg.progress))
         except UserError as e:
-            if "differ" not in str(e):
+            if "the config differs" not in str(e):
                 raise
+            if not cfg.overwrite:
+                raise UserError(f"{e}; pass --overwrite to train the demo's run again") from None
             console.print(f"{path}: made with other settings; training it again")
             train(tcfg, path, overwrite=True, reporter=ConsoleReporter(quiet=not cfg.progress))
         paths.append(str(path))
     return paths
+
+
+FIGURES = ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png")
+
+
+def check_outputs(cfg: DemoConfig) -> tuple[str, str]:
+    """Before training: the runs, figures and report may be written; returns the tags of figures and report."""
+    from awp.train import check_run_output
+
+    runs = cfg.run_paths()
+    check_dir(cfg.runs_dir, "--runs-dir")
+    for run in runs:
+        check_run_output(run, resume=True, overwrite=False)
+    out = check_dir(cfg.figures_dir, "--figures-dir")
+    fig_tag = provenance("demo", runs, out)
+    for name in FIGURES:
+        check_output(out / name, "--figures-dir", inputs=runs, overwrite=cfg.overwrite, writes="figure", tag=fig_tag)
+    report = Path(cfg.report)
+    report_tag = provenance("report", runs, report.parent)
+    check_output(report, "--report", inputs=runs, overwrite=cfg.overwrite, writes="report", tag=report_tag)
+    return fig_tag, report_tag
 
 
 def _correct(run: str, epoch: int, device: str) -> np.ndarray:
@@ -211,6 +239,7 @@ def print_table(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharp: s
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[Claim]:
     console = console or (Console() if sys.stdout.isatty() else Console(width=130))
     t0 = time.perf_counter()
+    fig_tag, _ = check_outputs(cfg)
     torch.set_num_threads(1)  # the digits models are tiny: one thread is as fast and keeps the machine usable
     runs = _train_all(cfg, console)
     console.rule("weight loss landscapes (PGD on the fly)")
@@ -218,12 +247,13 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[Claim]:
     analyses = analyse(gap_cfg, console if cfg.progress else None)
     corr = gap_correlations(analyses, gap_cfg.sharpness, gap_cfg.n_boot, cfg.seed)
     out = Path(cfg.figures_dir)
-    files = [
-        figures.learning_curves_png([a.curves for a in analyses], out / "demo-curves.png"),
-        figures.landscapes_png(analyses, out / "demo-landscapes.png"),
-        figures.scatter_png(analyses, gap_cfg.sharpness, corr, out / "demo-gap-vs-sharpness.png"),
-        write_report(gap_cfg, cfg.report, title="AWP weight-loss-landscape demo on digits", analyses=analyses),
-    ]
+    with signed(fig_tag):
+        files = [
+            figures.learning_curves_png([a.curves for a in analyses], out / FIGURES[0]),
+            figures.landscapes_png(analyses, out / FIGURES[1]),
+            figures.scatter_png(analyses, gap_cfg.sharpness, corr, out / FIGURES[2]),
+        ]
+    files.append(write_report(gap_cfg, cfg.report, title="AWP weight-loss-landscape demo on digits", analyses=analyses))
     console.rule("results")
     print_table(analyses, corr, gap_cfg.sharpness, console)
     claims = check_claims(cfg, analyses, corr, gap_cfg)

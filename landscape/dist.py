@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -90,16 +89,86 @@ def broadcast_flag(ctx: DistContext, flag: bool) -> bool:
     return bool(t.item())
 
 
+def any_flag(ctx: DistContext, flag: bool) -> bool:
+    """True on every rank when any rank's flag is set (e.g. Ctrl-C reached one of them)."""
+    if not ctx.distributed:
+        return flag
+    comm_dev = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1 if flag else 0], device=comm_dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def launch(workers: int, argv: list[str]) -> int:
-    """Run `landscape <argv>` under torchrun with `workers` processes on this machine; returns its status.
-    For several machines, call torchrun yourself (see README)."""
+ERROR_FILE_ENV = "AWP_LANDSCAPE_ERROR_FILE"  # where rank 0 of a `--workers` launch leaves its one-line error
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: int, device: str, oversubscribe: bool = False) -> None:
+    """--workers within what this machine runs well: at most one per CPU core, and with nccl at most
+    one per GPU, unless `oversubscribe`."""
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-           "-m", "cli", *argv]
-    return subprocess.call(cmd)
+    if oversubscribe:
+        return
+    cpus = usable_cpus()
+    if workers > cpus:
+        raise UserError(f"--workers {workers} is more than the {cpus} CPU core(s) this process may use; "
+                        f"pass --oversubscribe to run them anyway")
+    if resolve_device(device).type == "cuda" and workers > torch.cuda.device_count():
+        raise UserError(f"--workers {workers} is more than the {torch.cuda.device_count()} GPU(s) here (nccl needs one "
+                        f"per worker); pass --oversubscribe to share GPUs over gloo")
+
+
+def launch(workers: int, argv: list[str]) -> int:
+    """Run `landscape <argv>` in `workers` processes on this machine with torch's elastic launcher
+    (torchrun's engine), after the caller validated everything. A user error in a worker ends the
+    whole command with rank 0's one line; returns the exit status. For several machines, call
+    torchrun yourself (see README)."""
+    import logging
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from awp.errors import Interrupted
+
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # its failure banner would repeat ours
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory(prefix="landscape-launch-") as tmp:
+        err = Path(tmp) / "error"
+        os.environ[ERROR_FILE_ENV] = str(err)
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers, run_id=str(uuid.uuid4()),
+                              rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
+        try:
+            elastic_launch(config, sys.executable)("-m", "cli", *argv)
+        except ChildFailedError as e:
+            text = err.read_text().strip() if err.exists() else ""
+            codes = {f.exitcode for f in e.failures.values()}
+            if text.startswith("interrupted:"):
+                raise Interrupted(text.removeprefix("interrupted:").split("; resume with:")[0].strip()) from None
+            if text:
+                raise UserError(text.removeprefix("error:").strip()) from None
+            rank, first = min(e.failures.items())
+            print(f"error: worker rank {rank} failed with exit code {first.exitcode} (its output is above)",
+                  file=sys.stderr)
+            return 1 if codes != {130} else 130
+        except SignalException:
+            raise Interrupted("the workers were stopped; every finished chunk is kept") from None
+        finally:
+            os.environ.pop(ERROR_FILE_ENV, None)
+    return 0

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from awp.attacks import AttackConfig, cross_entropy, model_mode, pgd, random_start
 from awp.data import batches as iter_batches
 from awp.errors import UserError
-from awp.evaluate import EvalSums
+from awp.evaluate import EvalSums, correct_sum, exact_count
 
 Params = dict[str, Tensor]  # parameter name -> tensor
 
@@ -169,16 +169,16 @@ def evaluate_point(
                     logits_nat = logits_adv = model(b.x)
                 else:  # eval mode: each example's logits do not depend on the rest of the batch
                     logits_nat, logits_adv = model(torch.cat([b.x, x_adv])).split(len(b.y))
-                row = torch.stack([
+                row = torch.stack([  # correct counts are NaN if any logit is NaN/inf (argmax would say class 0)
                     cross_entropy(logits_nat, b.y).double().sum(),
-                    (logits_nat.argmax(1) == b.y).double().sum(),
+                    correct_sum(logits_nat, b.y),
                     cross_entropy(logits_adv, b.y).double().sum(),  # Eq. 5 / Alg. 1 line 15 (summed)
-                    (logits_adv.argmax(1) == b.y).double().sum(),
+                    correct_sum(logits_adv, b.y),
                 ])
             acc = row if acc is None else acc + row
             n += len(b.y)
     nat_loss, nat_correct, adv_loss, adv_correct = acc.tolist()
-    return EvalSums(n, nat_loss, int(round(nat_correct)), adv_loss, int(round(adv_correct)))
+    return EvalSums(n, nat_loss, exact_count(nat_correct), adv_loss, exact_count(adv_correct))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from landscape import figures
-from landscape.analysis import GapConfig, RunAnalysis, analyse, gap_correlations
+from awp.safeio import signed
+from landscape.analysis import GapConfig, RunAnalysis, analyse, check_caches, check_figures, gap_correlations
 from landscape.output import save_plotly_html
 from landscape.stats import Estimate
 
@@ -26,9 +27,22 @@ class GapOutcome:
 def run_gap(cfg: GapConfig, console: Console | None = None) -> GapOutcome:
     """Probe (or reuse) the landscapes of every run, correlate sharpness with the gap, draw figures."""
     console = console or (Console() if sys.stdout.isatty() else Console(width=120))
+    p = cfg.prefix
+    names = [f"{p}-curves.png", f"{p}-landscapes.png", f"{p}-vs-sharpness.png", f"{p}-curves.html",
+             f"{p}-vs-sharpness.html", *(f"{p}-landscapes-{i}.html" for i in range(len(cfg.runs)))]
+    check_caches(cfg)
+    tag = check_figures(cfg, names, "gap")
     analyses = analyse(cfg, console if cfg.progress else None)
     corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
     out = Path(cfg.out_dir)
+    with signed(tag):
+        files = _draw(analyses, corr, cfg, out)
+    print_gap(analyses, corr, cfg.sharpness, console)
+    console.print("figures: " + ", ".join(str(f) for f in files))
+    return GapOutcome(analyses, corr, files)
+
+
+def _draw(analyses: list[RunAnalysis], corr: dict[str, Estimate], cfg: GapConfig, out: Path) -> list[Path]:
     p = cfg.prefix
     files = [
         figures.learning_curves_png([a.curves for a in analyses], out / f"{p}-curves.png"),
@@ -39,9 +53,7 @@ def run_gap(cfg: GapConfig, console: Console | None = None) -> GapOutcome:
     ]
     files += [save_plotly_html(figures.landscape_slider_fig(a), out / f"{p}-landscapes-{i}.html")
               for i, a in enumerate(analyses)]
-    print_gap(analyses, corr, cfg.sharpness, console)
-    console.print("figures: " + ", ".join(str(f) for f in files))
-    return GapOutcome(analyses, corr, files)
+    return files
 
 
 def print_gap(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharpness: str, console: Console) -> None:

@@ -10,8 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from awp.config import parse_fraction
+from awp.config import check_allocation, parse_fraction
 from awp.errors import UserError
+
+MIN_AXIS_POINTS = 2  # one point per axis is not a plane (and the old 1x1 was just the corner (-1, -1))
+# Bytes per grid point of the results: four float64 metric grids, the `done` mask, and the relative grid.
+BYTES_PER_POINT = 4 * 8 + 1 + 8
 
 
 def _axis(lo: float, hi: float, n: int) -> np.ndarray:
@@ -33,8 +37,11 @@ class GridSpec:
 
     def __post_init__(self) -> None:
         for name, n in (("alpha", self.n_alpha), ("beta", self.n_beta)):
-            if n < 1:
-                raise UserError(f"grid needs at least 1 point along {name}, got {n}")
+            if n < MIN_AXIS_POINTS:
+                raise UserError(f"--grid needs at least {MIN_AXIS_POINTS} points along {name}, got {n}; "
+                                f"for a 1-D landscape use `landscape probe`")
+        check_allocation(self.size * BYTES_PER_POINT,
+                         f"--grid {self.n_alpha}x{self.n_beta} ({self.size:,} points, each a PGD evaluation)")
         for name, (lo, hi) in (("alpha", self.alpha_range), ("beta", self.beta_range)):
             if not lo < hi:
                 raise UserError(f"{name} range {lo:g}:{hi:g} is empty or reversed; give MIN:MAX with MIN < MAX")
@@ -69,9 +76,10 @@ def parse_grid(text: str) -> tuple[int, int]:
             raise ValueError
         na, nb = int(parts[0]), int(parts[1])
     except ValueError:
-        raise UserError(f"grid {text!r} is not NxM (points along alpha x points along beta), e.g. 21x21") from None
-    if na < 1 or nb < 1:
-        raise UserError(f"grid {text!r} needs at least 1 point per axis")
+        raise UserError(f"--grid {text!r} is not NxM (points along alpha x points along beta), e.g. 21x21") from None
+    if na < MIN_AXIS_POINTS or nb < MIN_AXIS_POINTS:
+        raise UserError(f"--grid {text!r} needs at least {MIN_AXIS_POINTS} points per axis, e.g. 21x21; "
+                        f"for a 1-D landscape use `landscape probe`")
     return na, nb
 
 

@@ -28,7 +28,8 @@ def value_at(alphas: np.ndarray, curves: np.ndarray, at: float) -> np.ndarray:
     alphas = np.asarray(alphas, dtype=float)
     curves = np.asarray(curves, dtype=float)
     if not alphas.min() <= at <= alphas.max():
-        raise UserError(f"alpha {at:g} lies outside the probed range [{alphas.min():g}, {alphas.max():g}]")
+        raise UserError(f"alpha {at:g} lies outside the probed range [{alphas.min():g}, {alphas.max():g}]; "
+                        f"the sharpness --radius can be at most {max_radius(alphas):g} here")
     j = int(np.clip(np.searchsorted(alphas, at), 1, len(alphas) - 1))
     a0, a1 = alphas[j - 1], alphas[j]
     t = (at - a0) / (a1 - a0)
@@ -104,10 +105,18 @@ def sharpness(
     return Sharpness(rm, rs, cm, cs, _mean_std(rho0)[0], len(complete), r, fr)
 
 
-def check_radius(alphas: np.ndarray, radius: float) -> None:
-    """The rise needs rho at -r, 0 and r inside the probed range: a one-line error otherwise."""
+def max_radius(alphas: np.ndarray) -> float:
+    """The largest r with both -r and r inside the probed range: min(|alpha_min|, alpha_max) (0 if one side is missing)."""
     alphas = np.asarray(alphas, dtype=float)
-    if radius <= 0:
-        raise UserError(f"sharpness radius must be > 0, got {radius:g}")
-    for at in (-radius, 0.0, radius):
-        value_at(alphas, np.zeros(len(alphas)), at)
+    return float(max(0.0, min(-alphas.min(), alphas.max())))
+
+
+def check_radius(alphas: np.ndarray, radius: float) -> None:
+    """The rise needs rho at -r, 0 and r inside the probed range: a one-line error naming --radius otherwise."""
+    alphas = np.asarray(alphas, dtype=float)
+    if not radius > 0:
+        raise UserError(f"--radius must be > 0, got {radius:g}")
+    if radius > max_radius(alphas):
+        raise UserError(f"--radius {radius:g} lies outside the probed range [{alphas.min():g}, {alphas.max():g}]: "
+                        f"the rise reads rho at -r and r, so --radius must be at most {max_radius(alphas):g}")
+    value_at(alphas, np.zeros(len(alphas)), 0.0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from awp.attacks import threat_model
-from awp.config import check_nonnegative_int, check_positive_int
+from awp.config import check_nonnegative_int, check_positive_int, check_seed
 from awp.errors import UserError
 from landscape import engine
 from landscape.directions import normalization
@@ -46,6 +46,7 @@ class LandscapeOptions:
         check_nonnegative_int(self.samples, "--samples")
         check_positive_int(self.batch_size, "--batch-size")
         check_positive_int(self.bn_batches, "--bn-batches")
+        check_seed(self.seed, "--seed")
         normalization(self.normalize)
         engine.bn_mode(self.bn)
         if self.norm is not None:

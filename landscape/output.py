@@ -1,20 +1,12 @@
-"""Writing figures and pages atomically: a temporary file moved into place, so an interrupted run
-never leaves a half-written PNG or HTML where a finished one is expected."""
+"""Writing figures and pages atomically and signed: a temporary file moved into place (so an interrupted
+run never leaves a half-written PNG or HTML), carrying the provenance of `awp.safeio.signed`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-
-def _atomic(path: Path, suffix: str, write: Callable[[Path], Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + suffix)
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+from awp.safeio import atomic_write, png_metadata, sign_html
 
 
 def save_png(fig, path: Path, **savefig_kw: Any) -> Path:
@@ -22,15 +14,18 @@ def save_png(fig, path: Path, **savefig_kw: Any) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        return _atomic(path, ".tmp.png", lambda tmp: fig.savefig(tmp, **savefig_kw))
+        meta = png_metadata()
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata=meta, **savefig_kw))
     finally:
         plt.close(fig)
 
 
 def save_plotly_html(fig, path: Path) -> Path:
     """A plotly figure as one self-contained HTML file (plotly.js inlined: opens offline)."""
-    return _atomic(path, ".tmp", lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True))
+    return save_text(fig.to_html(include_plotlyjs=True, full_html=True), path)
 
 
 def save_text(text: str, path: Path) -> Path:
-    return _atomic(path, ".tmp", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """Text (a full HTML page gets our signature in its head)."""
+    text = sign_html(text) if text.lstrip()[:15].lower().startswith(("<!doctype", "<html")) else text
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

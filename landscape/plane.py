@@ -8,10 +8,11 @@ writer, which rewrites the results file atomically. A killed run restarts from i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from rich.console import Console
 from awp import __version__
 from awp.attacks import AttackConfig
 from awp.config import check_positive_int
-from awp.errors import UserError
+from awp.errors import Interrupted, UserError
+from awp.safeio import check_output, exclusive, provenance, signed
+from awp.stopping import graceful_stop, stop_requested
 from awp.store import transaction
 from landscape import dist, engine
 from landscape.checkpoints import open_source
@@ -182,37 +185,70 @@ class Plot2DOutcome:
     figures: list[Path] = field(default_factory=list)
 
 
-def run_plot2d(cfg: Plot2DConfig, console: Console | None = None) -> Plot2DOutcome | None:
-    """Compute the grid (this process's share of it under torchrun), flush after every chunk, render
-    on rank 0. Returns the outcome on rank 0 and None on the other ranks."""
-    console = console or Console(stderr=True)
-    ctx = dist.init(cfg.device)
-    try:
-        return _run(cfg, ctx, console)
-    finally:
-        dist.shutdown(ctx)
+def figure_paths(out: Path) -> list[Path]:
+    """Contour PNG, surface PNG and interactive HTML, beside the results file."""
+    return [out.with_name(out.stem + "-contour.png"), out.with_name(out.stem + "-surface.png"), out.with_suffix(".html")]
 
 
-def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console) -> Plot2DOutcome | None:
-    t_start = time.perf_counter()
+@dataclass
+class Prepared:
+    """Everything checked and resolved before a grid point is computed (and before torchrun starts)."""
+
+    spec: GridSpec
+    source: Any
+    attack: AttackConfig
+    config: dict[str, Any]
+    out: Path
+    tag: str
+
+
+def prepare(cfg: Plot2DConfig) -> Prepared:
+    """Validate paths, arguments and files the way a single process would, computing nothing:
+    run first by `--workers` in the launching process, then by rank 0."""
     spec = cfg.spec()
+    out = Path(cfg.out) if cfg.out else Path(f"plot2d-{Path(cfg.checkpoint).stem}.h5")
+    ckpt = Path(cfg.checkpoint)
+    check_output(out, "-o", inputs=[ckpt], overwrite=cfg.overwrite, writes="2-D results file", resumes=FORMAT)
+    tag = provenance("plot2d", [out], out.parent)
+    for fig in figure_paths(out):
+        check_output(fig, "-o (figures beside it)", inputs=[ckpt], overwrite=cfg.overwrite, writes="figure", tag=tag)
     source = open_source(cfg.checkpoint, cfg.epochs, cfg.arch, cfg.dataset, cfg.data_dir)
     if len(source.checkpoints) != 1:
         raise UserError(f"plot2d draws one checkpoint; --epoch {cfg.epochs!r} selects {len(source.checkpoints)}: "
                         f"give best, last or one epoch number")
-    ckpt = source.checkpoints[0]
     attack = resolve_attack(cfg, source.train_attack, str(source.path))  # type: ignore[arg-type]
     config = recorded_config(cfg, spec, attack, source.arch, source.dataset)
-    out = Path(cfg.out) if cfg.out else Path(f"plot2d-{source.path.stem}.h5")
+    _open_results(cfg, out, spec, config, source.checkpoints[0].ident)  # refuses stale results
+    return Prepared(spec, source, attack, config, out, tag)
 
-    # Rank 0 validates or creates the file first; every rank then reads the same done mask.
+
+def run_plot2d(cfg: Plot2DConfig, console: Console | None = None) -> Plot2DOutcome | None:
+    """Compute the grid (this process's share of it under torchrun), flush after every chunk, render
+    on rank 0. Returns the outcome on rank 0 and None on the other ranks. Ctrl-C stops after the
+    current chunk, keeping every finished point."""
+    console = console or Console(stderr=True)
+    ctx = dist.init(cfg.device)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(graceful_stop())
+            return _run(cfg, ctx, console, stack)
+    finally:
+        dist.shutdown(ctx)
+
+
+def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console, stack: contextlib.ExitStack) -> Plot2DOutcome | None:
+    t_start = time.perf_counter()
+    # Rank 0 validates, takes the results file and creates it first; every rank then reads the same done mask.
     refused: UserError | None = None
+    prep = None
     if ctx.is_main:
         try:
-            results = _open_results(cfg, out, spec, config, ckpt.ident)
+            prep = prepare(cfg)
+            stack.enter_context(exclusive(prep.out))
+            results = _open_results(cfg, prep.out, prep.spec, prep.config, prep.source.checkpoints[0].ident)
             results.runtime = {**results.runtime, "device": str(ctx.device), "world": ctx.world,
                                "awp": __version__, "torch": torch.__version__}
-            results.save(out)
+            results.save(prep.out)
         except UserError as e:
             refused = e
     if dist.broadcast_flag(ctx, refused is not None):
@@ -220,7 +256,10 @@ def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console) -> Plot2DOu
             raise refused
         return None
     if not ctx.is_main:
-        results = PlaneResults.load(out)
+        prep = prepare(cfg)  # rank 0 has written the file: it is resumed, not replaced
+        results = PlaneResults.load(prep.out)
+    spec, source, attack, out = prep.spec, prep.source, prep.attack, prep.out
+    ckpt = source.checkpoints[0]
     todo = results.todo()
     mine = shard(todo, ctx.rank, ctx.world)
     per_rank = math.ceil(len(todo) / ctx.world) if len(todo) else 0
@@ -266,9 +305,13 @@ def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console) -> Plot2DOu
                             per_round = elapsed
                             console.print(f"estimated total: {per_round * rounds:.0f} s "
                                           f"({per_round / max(1, len(gathered)):.2f} s per point over {ctx.world} process(es))")
+                    if dist.any_flag(ctx, stop_requested()) and r + 1 < rounds:  # Ctrl-C on any rank
+                        left = int((~results.done).sum()) if ctx.is_main else 0
+                        raise Interrupted(f"{str(out)!r} keeps every finished point ({left} of {spec.size} left)")
     if not ctx.is_main:
         return None
-    figures = render(results, out)
+    with signed(prep.tag):
+        figures = render(results, out)
     console.print(f"results: {out}\nfigures: {', '.join(str(p) for p in figures)}")
     return Plot2DOutcome(out, results, points, time.perf_counter() - t_start, figures)
 
@@ -282,16 +325,21 @@ def render(results: PlaneResults, out: Path) -> list[Path]:
     att = results.config["attack"]
     title = (f"{results.config['arch']} {ck.label}: |g(α,β) − g(0,0)|, PGD-{att['steps']} "
              f"{att['norm']} eps={att['eps']:.3g}, g(0,0)={results.center['adv_loss']:.3f}")
-    paths = [out.with_name(out.stem + "-contour.png"), out.with_name(out.stem + "-surface.png"), out.with_suffix(".html")]
+    paths = figure_paths(out)
     save_contour_png(results.alphas, results.betas, rel, paths[0], title)
     save_surface_png(results.alphas, results.betas, rel, paths[1], title)
     save_html(results.alphas, results.betas, results.values, rel, paths[2], title)
     return paths
 
 
-def rerender(path: str | Path, console: Console | None = None) -> list[Path]:
+def rerender(path: str | Path, console: Console | None = None, overwrite: bool = False) -> list[Path]:
     """`landscape plot2d --from RESULTS.h5`: redraw the figures without computing."""
-    results = PlaneResults.load(Path(path))
-    figures = render(results, Path(path))
+    path = Path(path)
+    results = PlaneResults.load(path)
+    tag = provenance("plot2d", [path], path.parent)
+    for fig in figure_paths(path):
+        check_output(fig, "--from (figures beside it)", inputs=[path], overwrite=overwrite, writes="figure", tag=tag)
+    with signed(tag):
+        figures = render(results, path)
     (console or Console(stderr=True)).print(f"figures: {', '.join(str(p) for p in figures)}")
     return figures

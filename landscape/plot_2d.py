@@ -49,14 +49,20 @@ def save_contour_png(alphas: np.ndarray, betas: np.ndarray, rel: np.ndarray, pat
     _atomic_savefig(fig, path)
 
 
+def surface_z(rel: np.ndarray) -> np.ma.MaskedArray:
+    """Heights of the 3-D surface, [n_alpha, n_beta] -> [n_beta, n_alpha], with NaN cells (points not
+    computed yet) masked: matplotlib leaves them out, a gap as in the contour, not a flat plane."""
+    return np.ma.masked_invalid(_z(np.asarray(rel, dtype=float)))
+
+
 def save_surface_png(alphas: np.ndarray, betas: np.ndarray, rel: np.ndarray, path: Path, title: str) -> None:
-    """3-D surface of the relative landscape, as in Figure 6."""
+    """3-D surface of the relative landscape, as in Figure 6; uncomputed points are gaps."""
     fig = plt.figure(figsize=(6.0, 4.8))
     ax = fig.add_subplot(projection="3d")
     A, B = np.meshgrid(alphas, betas)  # both [n_beta, n_alpha], matching _z
-    z = _z(rel)
-    ax.plot_surface(A, B, np.nan_to_num(z, nan=np.nanmin(z) if np.isfinite(z).any() else 0.0),
-                    cmap="viridis", linewidth=0, antialiased=True)
+    z = surface_z(rel)
+    if z.count():  # nothing computed yet: empty axes rather than a surface of NaN
+        ax.plot_surface(A, B, z, cmap="viridis", linewidth=0, antialiased=True)
     ax.set_xlabel(r"$\alpha$")
     ax.set_ylabel(r"$\beta$")
     ax.set_zlabel("relative loss")

@@ -22,12 +22,14 @@ from awp import __version__
 from awp.attacks import AttackConfig
 from awp.config import check_positive_int, resolve_device
 from awp.data import class_stratified_subset
-from awp.errors import UserError
+from awp.errors import Interrupted, UserError
+from awp.safeio import check_output, exclusive, provenance, same_file, signed
+from awp.stopping import graceful_stop, stop_requested
 from landscape import coords, engine, metrics
 from landscape.checkpoints import Source, open_source
 from landscape.directions import random_direction
 from landscape.options import LandscapeOptions
-from landscape.results import ProbeResults, refuse_if_stale
+from landscape.results import FORMAT, ProbeResults, refuse_if_stale
 
 # Keys that change only how the numbers are shown, not the numbers: a resumed probe may change them.
 VIEW_KEYS = ("radius", "fit_radius")
@@ -208,6 +210,8 @@ def _curves(
                                             bn_inputs=bn_inputs, fixed_adv=fixed):  # Alg. 1 lines 8-16
                     results.set_point(c, k, i, sums.reduce())
                     bar.advance()
+                    if stop_requested():  # Ctrl-C: keep the finished points of this direction
+                        break
                 yield c, k, time.perf_counter() - t0
         del model, base
 
@@ -217,18 +221,42 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=120)
 
 
+def output_paths(cfg: ProbeConfig) -> tuple[Path, Path]:
+    """The results file (default probe-CKPT.h5 in the working directory) and the PNG beside it."""
+    out = Path(cfg.out) if cfg.out else Path(f"probe-{Path(cfg.checkpoint).stem}.h5")
+    return out, Path(cfg.png) if cfg.png else out.with_suffix(".png")
+
+
+def check_outputs(cfg: ProbeConfig) -> tuple[Path, Path, str]:
+    """Before anything is read or computed: the results file may be created or resumed, the PNG may
+    be written (the output rule of `awp.safeio`); returns both paths and the PNG's provenance tag."""
+    out, png = output_paths(cfg)
+    ckpt = Path(cfg.checkpoint)
+    check_output(out, "-o", inputs=[ckpt], overwrite=cfg.overwrite, writes="probe results file", resumes=FORMAT)
+    tag = provenance("probe", [out], png.parent)
+    if same_file(png, out):
+        raise UserError(f"--png {str(png)!r} is the results file itself; choose another path")
+    check_output(png, "--png", inputs=[ckpt], overwrite=cfg.overwrite, writes="figure", tag=tag)
+    return out, png, tag
+
+
 def run_probe(cfg: ProbeConfig, console: Console | None = None) -> ProbeOutcome:
     """Probe every selected checkpoint along `dirs` directions, flushing the results file after each
-    direction, then write the PNG and print the sharpness table."""
+    direction, then write the PNG and print the sharpness table. Ctrl-C stops after the current
+    point, keeping every finished one."""
     console = console or _console()
+    out, png, tag = check_outputs(cfg)
+    with exclusive(out), graceful_stop():
+        return _run_probe(cfg, console, out, png, tag)
+
+
+def _run_probe(cfg: ProbeConfig, console: Console, out: Path, png: Path, tag: str) -> ProbeOutcome:
     t_start = time.perf_counter()
     alphas = coords.parse_range(cfg.alphas, "--alphas")
     device = resolve_device(cfg.device)
     source = open_source(cfg.checkpoint, cfg.epochs, cfg.arch, cfg.dataset, cfg.data_dir)
     attack = resolve_attack(cfg, source.train_attack, str(source.path))
     config = recorded_config(cfg, source, attack, alphas)
-    out = Path(cfg.out) if cfg.out else Path(f"probe-{source.path.stem}.h5")
-    png = Path(cfg.png) if cfg.png else out.with_suffix(".png")
     results = _open_results(cfg, out, source, config, alphas)
     results.runtime = {**results.runtime, "device": str(device), "awp": __version__, "torch": torch.__version__}
     total = sum(len(results.pending(c)) for c in range(len(source.checkpoints))) * len(alphas)
@@ -242,10 +270,15 @@ def run_probe(cfg: ProbeConfig, console: Console | None = None) -> ProbeOutcome:
                 results.runtime["compute_seconds"] = results.runtime.get("compute_seconds", 0.0) + seconds
                 results.save(out)  # flush per (checkpoint, direction): a resume starts here
                 points += len(alphas)
+                if stop_requested():
+                    done = int(results.done.all(axis=-1).sum())
+                    raise Interrupted(f"{str(out)!r} keeps {done} of {results.done.shape[0] * results.dirs} "
+                                      f"(checkpoint, direction) curves")
     else:
         console.print(f"{out}: every point is already computed; re-rendering")
         results.save(out)  # records a changed --radius
-    render(results, png)
+    with signed(tag):
+        render(results, png)
     print_summary(results, console, out, png)
     return ProbeOutcome(out, png, results, points, time.perf_counter() - t_start)
 
@@ -257,7 +290,7 @@ def render(results: ProbeResults, png: Path) -> None:
 
 
 def rerender(results_path: str | Path, png: str | None = None, radius: float | None = None,
-             console: Console | None = None) -> ProbeOutcome:
+             console: Console | None = None, overwrite: bool = False) -> ProbeOutcome:
     """`landscape probe --from RESULTS.h5`: redraw the PNG and reprint the table, no computing."""
     console = console or _console()
     path = Path(results_path)
@@ -266,7 +299,11 @@ def rerender(results_path: str | Path, png: str | None = None, radius: float | N
         metrics.check_radius(results.alphas, radius)
         results.config = {**results.config, "radius": radius, "fit_radius": radius / 2}
     out_png = Path(png) if png else path.with_suffix(".png")
-    render(results, out_png)
+    tag = provenance("probe", [path], out_png.parent)
+    check_output(out_png, "--png", inputs=[path, results.checkpoints[0].source] if results.checkpoints else [path],
+                 overwrite=overwrite, writes="figure", tag=tag)
+    with signed(tag):
+        render(results, out_png)
     print_summary(results, console, path, out_png)
     return ProbeOutcome(path, out_png, results, 0, 0.0)
 
@@ -294,6 +331,6 @@ def print_summary(results: ProbeResults, console: Console, out: Path, png: Path)
         acc0 = results.values["adv_acc"][c, :, i0]
         acc0 = float(np.nanmean(acc0)) if np.isfinite(acc0).any() else float("nan")
         table.add_row(ckpt.label, _fmt(s.rho0), _fmt(acc0, ".3f"), _fmt(s.rise), _fmt(s.rise_std), _fmt(s.curvature, ".3f"),
-                      _fmt(s.curvature_std, ".3f"), f"{s.n_dirs}/{results.dirs}")
+                      _fmt(s.curvature_std, ".3f"), f"{int(results.done[c].all(axis=-1).sum())}/{results.dirs}")
     console.print(table)
     console.print(f"results: {out}\nfigure:  {png}")

@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 
 from landscape import figures
-from landscape.analysis import GapConfig, RunAnalysis, analyse, gap_correlations
+from awp.safeio import check_output, provenance, signed
+from landscape.analysis import GapConfig, RunAnalysis, analyse, check_caches, gap_correlations
 from landscape.plane import FORMAT as PLANE_FORMAT
 from landscape.plane import PlaneResults
 from landscape.output import save_text
@@ -121,8 +122,20 @@ def build_report(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharpne
 
 def write_report(cfg: GapConfig, out: str | Path, title: str = "Weight loss landscape report",
                  analyses: list[RunAnalysis] | None = None) -> Path:
-    """Analyse the runs (reusing cached landscapes) and write the page atomically."""
+    """Analyse the runs (reusing cached landscapes) and write the page atomically; every output is
+    checked before anything is computed."""
+    out = Path(out)
+    tag = check_report(cfg, out) if analyses is None else provenance("report", cfg.runs, out.parent)
     analyses = analyses if analyses is not None else analyse(cfg)
     corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
     page = build_report(analyses, corr, cfg.sharpness, title)
-    return save_text(page, Path(out))
+    with signed(tag):
+        return save_text(page, out)
+
+
+def check_report(cfg: GapConfig, out: Path) -> str:
+    """The page may be written at `out` and the landscape caches beside the runs; returns its tag."""
+    caches = check_caches(cfg)
+    tag = provenance("report", cfg.runs, out.parent)
+    check_output(out, "-o", inputs=[*cfg.runs, *caches], overwrite=cfg.overwrite, writes="report", tag=tag)
+    return tag

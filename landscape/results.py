@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 import torch
 
+from awp.config import check_allocation
 from awp.errors import UserError
 from awp.store import transaction
 from landscape import metrics
@@ -42,6 +43,7 @@ from landscape import metrics
 FORMAT = "awp-landscape-probe"
 FORMAT_VERSION = 1
 VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
+BYTES_PER_POINT = len(VALUES) * 8 + 1  # float64 per value and a `done` flag, per (checkpoint, direction, alpha)
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -142,6 +144,10 @@ class ProbeResults:
 
     def __post_init__(self) -> None:
         shape = (len(self.checkpoints), self.dirs, len(self.alphas))
+        points = int(np.prod(shape, dtype=object))  # Python ints: a huge --dirs cannot overflow the count
+        check_allocation(points * BYTES_PER_POINT + shape[0] * self.dirs * 8,
+                         f"the probe results ({shape[0]} checkpoint(s) x --dirs {self.dirs} x {shape[2]} alphas = "
+                         f"{points:,} points)")
         for name in VALUES:
             self.values.setdefault(name, np.full(shape, np.nan))
         if self.done is None:

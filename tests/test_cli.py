@@ -28,7 +28,7 @@ def test_version():
         (["train-awp", "--norm", "l3"], "'l3' is not one of 'linf', 'l2'"),
         (["train-awp", "--eps", "8/x"], "eps '8/x' is not a number"),
         (["train-awp", "--eps", "-0.1"], "eps '-0.1' is negative"),
-        (["train-awp", "--train-steps", "-1"], "steps must be >= 0, got -1"),
+        (["train-awp", "--train-steps", "-1"], "--train-steps must be >= 0, got -1"),
         (["train-awp", "--train-steps", "many"], "Invalid value for '--train-steps'"),
         (["train-awp", "--device", "tpu"], "unknown device 'tpu'"),
         (["train-awp", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "landscape download cifar10"),

@@ -207,7 +207,7 @@ def test_info_and_export(finished, tmp_path):
     [
         (["train-awp", "--method", "trades"], "unknown method 'trades'; accepted: at, at-awp"),
         (["train-awp", "--gamma", "-0.01"], "gamma '-0.01' is negative"),
-        (["train-awp", "--awp-steps", "0"], "awp steps (K2) must be >= 1, got 0"),
+        (["train-awp", "--awp-steps", "0"], "--awp-steps must be >= 1, got 0"),
         (["train-awp", "--lr-schedule", "step"], "unknown lr schedule 'step'; accepted: piecewise, cosine, cyclic"),
         (["train-awp", "--epochs", "ten"], "Invalid value for '--epochs'"),
         (["export", "tests/conftest.py", "--epoch", "best"], "is not an HDF5 file"),
@@ -267,12 +267,12 @@ def test_toml_file_then_flags(tmp_path):
 @pytest.mark.parametrize(
     "flags,needle",
     [
-        ({"val_split": "1.5"}, "val split must be a fraction"),
-        ({"lr_milestones": "0.8,0.5"}, "lr milestones must be increasing"),
-        ({"arch_kwargs": "{bad"}, "arch_kwargs must be a JSON object"),
+        ({"val_split": "1.5"}, "--val-split must be in [0, 1)"),
+        ({"lr_milestones": "0.8,0.5"}, "--lr-milestones must be increasing"),
+        ({"arch_kwargs": "{bad"}, "--arch-kwargs must be a JSON object"),
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"momentum": "1"}, "momentum must be in [0, 1)"),
-        ({"awp_alternations": 0}, "awp alternations (A) must be >= 1"),
+        ({"awp_alternations": 0}, "--awp-alternations must be >= 1"),
         ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
         ({"norm": "l3"}, "unknown norm 'l3'"),
         ({"eps": "8/x"}, "eps '8/x' is not a number"),

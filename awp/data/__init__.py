@@ -7,6 +7,7 @@ mean/std live in `DatasetInfo` and become the model's first layer (`awp.models.N
 from __future__ import annotations
 
 import importlib.resources
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -122,7 +123,7 @@ _CIFAR100 = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.267
 _SVHN = DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True)
 
 
-def _vision(name: str, data_dir: Path, *, train: bool, augment: bool, download: bool = False) -> Dataset:
+def _vision(name: str, data_dir: Path, *, train: bool, augment: bool) -> Dataset:
     import torchvision
     from torchvision import transforms as T
 
@@ -134,12 +135,10 @@ def _vision(name: str, data_dir: Path, *, train: bool, augment: bool, download: 
     tf = T.Compose(ops + [T.ToTensor()])
     try:
         if name == "svhn":
-            return torchvision.datasets.SVHN(str(data_dir), split="train" if train else "test", transform=tf, download=download)
+            return torchvision.datasets.SVHN(str(data_dir), split="train" if train else "test", transform=tf)
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        return cls(str(data_dir), train=train, transform=tf, download=download)
-    except RuntimeError as e:
-        if download:
-            raise UserError(f"could not download {name} into {data_dir}: {e}") from None
+        return cls(str(data_dir), train=train, transform=tf)
+    except RuntimeError:
         raise UserError(
             f"{name} files not found in {str(data_dir)!r}; fetch them with "
             f"`landscape download {name} --data-dir {data_dir}` on a machine that is online"
@@ -162,13 +161,62 @@ for _info in (_CIFAR10, _CIFAR100, _SVHN):
     _register(_info)(_vision_loader(_info))
 
 
+def source_urls(name: str) -> list[str]:
+    """Where torchvision fetches dataset `name` from (for fetching the files by hand)."""
+    import torchvision
+
+    if name == "svhn":
+        return [v[0] for v in torchvision.datasets.SVHN.split_list.values() if v[1] in ("train_32x32.mat", "test_32x32.mat")]
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    return [cls.url]
+
+
+def _files(root: Path) -> set[Path]:
+    """Every file and directory under `root` (nothing when it does not exist)."""
+    return set(root.rglob("*")) if root.is_dir() else set()
+
+
+def _remove_new(root: Path, before: set[Path], root_existed: bool) -> None:
+    """Delete what a failed download created under `root` (a partial archive must not look complete)."""
+    for p in sorted(_files(root) - before, key=lambda q: len(q.parts), reverse=True):
+        try:
+            p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+        except OSError:
+            pass
+    if not root_existed:
+        try:
+            root.rmdir()
+        except OSError:
+            pass
+
+
 def download(name: str, data_dir: str | Path) -> None:
-    """Fetch a torchvision dataset into `data_dir` (needs internet); digits needs nothing."""
+    """Fetch a torchvision dataset into `data_dir` (needs internet); digits needs nothing. Offline, or on
+    any failure, it is one line saying how to get the files by hand, and what it had written is removed."""
     info = dataset_info(name)
     if not info.needs_download:
         return
-    for train in (True, False):
-        _vision(name, Path(data_dir), train=train, augment=False, download=True)
+    root = Path(data_dir)
+    existed, before = root.is_dir(), _files(root)
+    try:
+        import torchvision
+
+        for train in (True, False):
+            if name == "svhn":
+                torchvision.datasets.SVHN(str(root), split="train" if train else "test", download=True)
+            else:
+                cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+                cls(str(root), train=train, download=True)
+    except BaseException as e:
+        _remove_new(root, before, existed)
+        if not isinstance(e, (OSError, RuntimeError, EOFError, tarfile.TarError)):  # Ctrl-C and bugs keep their meaning
+            raise
+        reason = getattr(e, "reason", None) or e
+        raise UserError(
+            f"could not download {name} (the network is unreachable or the download failed: {reason}); "
+            f"on a machine with internet run `landscape download {name} --data-dir DIR` and copy DIR to "
+            f"{str(root)!r}, or fetch {' and '.join(source_urls(name))} into it by hand and run this again"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------

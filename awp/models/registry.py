@@ -6,6 +6,7 @@ so attacks and weight perturbations never have to know about dataset statistics.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from awp.config import format_bytes, physical_memory
 from awp.errors import UserError
 
 ModelBuilder = Callable[..., nn.Module]
@@ -46,12 +48,16 @@ def _channel_stats(
     """Per-channel statistic as a [1, C, 1, 1] tensor; one value is broadcast to every channel."""
     if values is None:
         values = [default] * in_channels
-    vals = [float(v) for v in values]
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a list of numbers, got {values!r}") from None
     if len(vals) == 1:
         vals = vals * in_channels
     if len(vals) != in_channels:
         raise UserError(f"{what} has {len(vals)} values but the model has {in_channels} input channel(s)")
-    return torch.tensor(vals, dtype=torch.float32).view(1, in_channels, 1, 1)
+    # Always on the CPU, also under `with torch.device("meta")`: the std check below reads the values.
+    return torch.tensor(vals, dtype=torch.float32, device="cpu").view(1, in_channels, 1, 1)
 
 
 class Normalize(nn.Module):
@@ -114,5 +120,38 @@ def create_model(
     if in_channels < 1:
         raise UserError(f"in_channels must be at least 1, got {in_channels}")
     normalize = Normalize(mean, std, in_channels=in_channels)
-    net = builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    with torch.device("meta"):  # shapes only, no memory and no random numbers drawn: is it too large?
+        skeleton = _build(builder, name, num_classes, in_channels, kwargs)
+    check_model_size(skeleton, name, kwargs)
+    net = _build(builder, name, num_classes, in_channels, kwargs)
     return NormalizedModel(normalize, net, arch=name)
+
+
+def _options(kwargs: dict[str, Any]) -> str:
+    """The model options as the user wrote them (--arch-kwargs JSON)."""
+    try:
+        return json.dumps(kwargs, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(kwargs)
+
+
+def _build(builder: ModelBuilder, name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> nn.Module:
+    """Call a builder; options of the wrong type or value (a TypeError deep in torch) become one line."""
+    try:
+        return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except UserError as e:  # the builder's own check: say which option string it came from
+        raise UserError(f"--arch-kwargs {_options(kwargs)}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"model {name!r} cannot be built with --arch-kwargs {_options(kwargs)}: {msg}") from None
+
+
+def check_model_size(model: nn.Module, name: str, kwargs: dict[str, Any], fraction: float = 0.5) -> None:
+    """Refuse a model whose parameters and buffers alone take more than `fraction` of physical memory."""
+    tensors = [*model.parameters(), *model.buffers()]
+    count = sum(t.numel() for t in model.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    total = physical_memory()
+    if total is not None and nbytes > fraction * total:
+        raise UserError(f"model {name} with {_options(kwargs)} has {count:,} parameters ({format_bytes(nbytes)}); "
+                        f"this machine has {format_bytes(total)} of memory")

@@ -24,9 +24,10 @@ def _small_cnn(
     arch: str, num_classes: int, in_channels: int, widths: Sequence[int], batch_norm: bool
 ) -> nn.Sequential:
     """Three conv blocks, a 2x2 max-pool after the second, global average pool, one Linear."""
-    widths = tuple(int(w) for w in widths)
-    if len(widths) != 3 or min(widths) < 1:
-        raise UserError(f"model {arch!r} needs widths of three positive ints, got {widths}")
+    ok = isinstance(widths, (list, tuple)) and len(widths) == 3 and all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+    if not ok:  # int() would truncate 1.5 to 1 and read "abc" as three letters
+        raise UserError(f"model {arch!r} needs widths of three positive ints like [16, 32, 32], got {widths!r}")
     w1, w2, w3 = widths
     return nn.Sequential(
         *_conv_block(in_channels, w1, batch_norm),
