@@ -86,9 +86,10 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """The main job on the embedded digits: train every method, probe landscapes, check the paper's claims."""
-    from awp.config import resolve_device
+    from awp.config import check_seed, resolve_device
     from landscape.demo import DemoConfig, run_demo
 
+    check_seed(seed, "--seed")
     resolve_device(device)
     run_demo(DemoConfig(seed=seed, quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
                         report=str(report), device=device, progress=not quiet, overwrite=overwrite))

@@ -256,16 +256,6 @@ def set_status(path: str | Path, status: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _json_attr(f: h5py.File, key: str) -> dict[str, Any]:
-    raw = f.attrs.get(key)
-    return json.loads(raw) if raw is not None else {}
-
-
-def _opt_int(f: h5py.File, key: str) -> int | None:
-    v = f.attrs.get(key)
-    return None if v is None else int(v)
-
-
 def epoch_ranges(epochs: list[int]) -> str:
     """[1, 2, 3, 5, 10] -> '1-3, 5, 10' for messages."""
     if not epochs:

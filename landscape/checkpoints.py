@@ -86,9 +86,14 @@ def open_run_source(path: Path, epochs: str, arch: str | None, dataset: str | No
     meta = reader.model_meta
     _check_same("arch", arch, meta["arch"], path)
     _check_same("dataset", dataset, meta["dataset"], path)
+    with torch.device("meta"):  # shapes only: weights that do not fit are refused before any output is written
+        skeleton = create_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
+                                **meta["arch_kwargs"])
     ckpts = []
     for e in reader.resolve_epochs(epochs):
-        sha = weights_sha256(reader.state_dict(e))
+        sd = reader.state_dict(e)
+        load_weights(skeleton, sd, path, meta["arch"])
+        sha = weights_sha256(sd)
         tags = [t for m, t in ((reader.best_epoch, "best"), (reader.last_epoch, "last")) if m == e]
         label = f"epoch {e}" + (f" ({', '.join(tags)})" if tags else "")
         ckpts.append(Checkpoint(CheckpointId(str(path), e, sha, label), lambda device, e=e: reader.build_model(e, device)))

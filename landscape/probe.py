@@ -48,13 +48,10 @@ class ProbeConfig(LandscapeOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        alphas = coords.parse_range(self.alphas, "--alphas")
+        alphas = coords.parse_centred_range(self.alphas, "--alphas")  # MIN < 0 < MAX, 0 itself on the grid
         if len(alphas) < metrics.MIN_FIT_POINTS:
             raise UserError(f"--alphas {self.alphas!r} has {len(alphas)} points; the curvature fit needs at least "
                             f"{metrics.MIN_FIT_POINTS}")
-        if not alphas[0] < 0 < alphas[-1]:
-            raise UserError(f"--alphas {self.alphas!r} must have MIN < 0 < MAX: the landscape is centred on w "
-                            f"(alpha = 0) and sharpness compares both sides")
         check_positive_int(self.dirs, "--dirs")
         if self.radius is not None:
             metrics.check_radius(alphas, self.radius)
@@ -252,7 +249,7 @@ def run_probe(cfg: ProbeConfig, console: Console | None = None) -> ProbeOutcome:
 
 def _run_probe(cfg: ProbeConfig, console: Console, out: Path, png: Path, tag: str) -> ProbeOutcome:
     t_start = time.perf_counter()
-    alphas = coords.parse_range(cfg.alphas, "--alphas")
+    alphas = coords.parse_centred_range(cfg.alphas, "--alphas")
     device = resolve_device(cfg.device)
     source = open_source(cfg.checkpoint, cfg.epochs, cfg.arch, cfg.dataset, cfg.data_dir)
     attack = resolve_attack(cfg, source.train_attack, str(source.path))

@@ -37,7 +37,8 @@ def mismatches(model: nn.Module, sd: Mapping[str, Tensor]) -> list[str]:
 
 def load_weights(model: nn.Module, sd: Mapping[str, Tensor], path: str | Path, arch: str) -> None:
     """Load `sd` strictly; a mismatch is one line naming missing, unexpected and mis-shaped keys.
-    A state dict of the bare network (no `normalize.*`) goes into `model.net` behind our Normalize."""
+    A state dict of the bare network (no `normalize.*`) goes into `model.net` behind our Normalize.
+    A model on the meta device (a shapes-only skeleton, e.g. a preflight check) is only checked."""
     own = model.state_dict()
     sd = strip_prefix(sd)
     if hasattr(model, "net") and not any(k in own for k in sd) and all(f"net.{k}" in own for k in sd):
@@ -45,4 +46,6 @@ def load_weights(model: nn.Module, sd: Mapping[str, Tensor], path: str | Path, a
     parts = mismatches(model, sd)
     if parts:
         raise UserError(f"{str(path)!r} does not match architecture {arch!r}: {'; '.join(parts)}")
+    if any(t.is_meta for t in own.values()):
+        return  # copying into meta tensors is a no-op that torch warns about
     model.load_state_dict(sd)
