@@ -122,7 +122,12 @@ def probe_config(cfg: GapConfig, run: str | Path) -> ProbeConfig:
 def check_caches(cfg: GapConfig) -> list[Path]:
     """Before any compute: every run opens, and its landscape cache (and PNG) may be written or resumed;
     returns the cache files (inputs of whatever is drawn from them)."""
-    caches = []
+    caches, points = [], 0
+    for run in cfg.runs:
+        points += len(open_run(run).resolve_epochs(f"every:{cfg.every}"))
+    if points < 3:
+        raise UserError(f"only {points} (run, epoch) points would have both a gap and a landscape; the "
+                        f"correlations need 3 (a smaller --every, more runs, or train with --save-every)")
     for run in cfg.runs:
         pcfg = probe_config(cfg, run)
         for other in cfg.runs:

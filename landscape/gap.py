@@ -30,8 +30,8 @@ def run_gap(cfg: GapConfig, console: Console | None = None) -> GapOutcome:
     p = cfg.prefix
     names = [f"{p}-curves.png", f"{p}-landscapes.png", f"{p}-vs-sharpness.png", f"{p}-curves.html",
              f"{p}-vs-sharpness.html", *(f"{p}-landscapes-{i}.html" for i in range(len(cfg.runs)))]
-    check_caches(cfg)
     tag = check_figures(cfg, names, "gap")
+    check_caches(cfg)
     analyses = analyse(cfg, console if cfg.progress else None)
     corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
     out = Path(cfg.out_dir)

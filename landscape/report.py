@@ -16,7 +16,7 @@ import numpy as np
 
 from landscape import figures
 from awp.safeio import check_output, provenance, signed
-from landscape.analysis import GapConfig, RunAnalysis, analyse, check_caches, gap_correlations
+from landscape.analysis import GapConfig, RunAnalysis, analyse, check_caches, gap_correlations, landscape_path
 from landscape.plane import FORMAT as PLANE_FORMAT
 from landscape.plane import PlaneResults
 from landscape.output import save_text
@@ -135,7 +135,8 @@ def write_report(cfg: GapConfig, out: str | Path, title: str = "Weight loss land
 
 def check_report(cfg: GapConfig, out: Path) -> str:
     """The page may be written at `out` and the landscape caches beside the runs; returns its tag."""
-    caches = check_caches(cfg)
     tag = provenance("report", cfg.runs, out.parent)
+    caches = [landscape_path(r) for r in cfg.runs]
     check_output(out, "-o", inputs=[*cfg.runs, *caches], overwrite=cfg.overwrite, writes="report", tag=tag)
+    check_caches(cfg)
     return tag

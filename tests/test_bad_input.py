@@ -217,6 +217,8 @@ ROWS: list[Row] = [
     Row("gap-every-0", VALUE, cmd("gap", "run.h5", "--every", "0"), ("--every",)),
     Row("gap-sharpness-unknown", VALUE, cmd("gap", "run.h5", "--sharpness", "nope"), ("nope",)),
     Row("gap-no-runs", VALUE, cmd("gap"), ("run",)),
+    Row("gap-too-few-points", VALUE, cmd("gap", "run.h5", "--every", "1"), ("only 2",)),
+    Row("report-too-few-points", VALUE, cmd("report", "run.h5", "--every", "1"), ("only 2",)),
     Row("report-every-0", VALUE, cmd("report", "run.h5", "--every", "0"), ("--every",)),
     Row("report-sharpness-unknown", VALUE, cmd("report", "run.h5", "--sharpness", "nope"), ("nope",)),
     Row("report-no-runs", VALUE, cmd("report"), ("run",)),
