@@ -252,6 +252,11 @@ ROWS: list[Row] = [
     Row("probe-version-abc", FILES, cmd("probe", "vabc.h5"), ("vabc.h5",)),
     Row("probe-no-weights", FILES, cmd("probe", "noweights.h5"), ("noweights.h5",)),
     Row("probe-shape-mismatch", FILES, cmd("probe", "shape.h5"), (SHAPE_KEY,)),
+    # --epoch all failing half-way: found before the first checkpoint is probed, so nothing is written
+    Row("probe-all-last-epoch-misfits", FILES, cmd("probe", "shape_last.h5", "--epoch", "all"), (SHAPE_KEY,)),
+    Row("probe-all-last-epoch-corrupt", FILES, cmd("probe", "corrupt_last.h5", "--epoch", "all"), ("corrupt",)),
+    Row("probe-all-half-way-keeps-results", FILES, cmd("probe", "corrupt_last.h5", "--epoch", "all", "-o", "probe.h5"),
+        ("corrupt",)),
     Row("probe-evil-pickle", FILES, cmd("probe", "evil.pt"), ("pickled",), sole_line=True),
     Row("probe-pt-not-tensors", FILES, cmd("probe", "list.pt"), ("list.pt",)),
     Row("probe-dir", FILES, cmd("probe", "somedir"), ("somedir",)),
@@ -384,6 +389,24 @@ def _reshape_weight(f: h5py.File) -> None:
             new.attrs["dtype"] = dtype
 
 
+def _reshape_last(f: h5py.File) -> None:
+    """Only the last epoch stops fitting: `probe --epoch all` must refuse before the first epoch is probed."""
+    g = f["weights"][f"epoch_{int(f.attrs['last_epoch']):04d}"]
+    dtype = g[SHAPE_KEY].attrs.get("dtype")
+    del g[SHAPE_KEY]
+    g.create_dataset(SHAPE_KEY, data=np.zeros((32, 16, 5, 5), np.float32)).attrs["dtype"] = dtype
+
+
+def _corrupt_last(path: Path) -> None:
+    """Flip bytes inside one checksummed weight of the last epoch, behind HDF5's back (fletcher32 catches it)."""
+    with h5py.File(path, "r") as f:
+        ds = f["weights"][f"epoch_{int(f.attrs['last_epoch']):04d}"][SHAPE_KEY]
+        offset = ds.id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 16)
+        fh.write(b"\xff" * 64)
+
+
 def make_fixture(base: Path, runners: "Runners") -> Path:
     """The files every row directory starts with, in base/fixture."""
     build, fx = base / "build", base / "fixture"
@@ -417,6 +440,9 @@ def make_fixture(base: Path, runners: "Runners") -> Path:
     _forge(run, fx / "vabc.h5", lambda f: f.attrs.__setitem__("format_version", "abc"))
     _forge(run, fx / "noweights.h5", lambda f: f.__delitem__("weights"))
     _forge(run, fx / "shape.h5", _reshape_weight)
+    _forge(run, fx / "shape_last.h5", _reshape_last)
+    shutil.copy2(run, fx / "corrupt_last.h5")
+    _corrupt_last(fx / "corrupt_last.h5")
 
     # configs
     (fx / "eps_true.toml").write_text("eps = true\n")
