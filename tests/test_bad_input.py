@@ -306,8 +306,12 @@ def _demo_run(d: Path) -> None:
 
 
 def _readonly(d: Path) -> None:
+    """A directory no one may write in: 0555, and where root may mount, a read-only tmpfs over it
+    (root ignores permissions, not a read-only file system)."""
     (d / "ro").mkdir()
     (d / "ro").chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d / "ro")], capture_output=True)
 
 
 SETUPS = {
@@ -331,7 +335,7 @@ def _online() -> bool:
 
 SKIPS = {
     # tests run as root, where permissions are not enforced
-    "writable_ro": lambda d: "a 0555 directory is writable here (root)" if os.access(d / "ro", os.W_OK) else None,
+    "writable_ro": lambda d: "a 0555 directory is writable here (root, no read-only mount)" if os.access(d / "ro", os.W_OK) else None,
     "has_cuda": lambda d: "a CUDA GPU is available" if torch.cuda.is_available() else None,
     "online": lambda d: "the network is reachable: the download would start" if _online() else None,
 }
@@ -700,6 +704,8 @@ def run_row(row: Row, runners: Runners, fixture: Path, rows_dir: Path, logs_dir:
             changed=sorted(k for k in before.keys() & after.keys() if before[k] != after[k]),
         )
     finally:
+        if os.path.ismount(d / "ro"):
+            subprocess.run(["umount", "-l", str(d / "ro")], capture_output=True)
         for dirpath, dirnames, _ in os.walk(d):  # undo chmod 555 so the directory can go
             for name in dirnames:
                 p = Path(dirpath) / name
