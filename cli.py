@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from awp import __version__
-from awp.errors import Interrupted, UserError
+from awp.errors import ERROR_FILE_ENV, Interrupted, UserError
 from awp.stopping import resume_command
 
 app = typer.Typer(
@@ -433,7 +433,7 @@ def _say(line: str) -> None:
     rank = os.environ.get("RANK")
     if rank not in (None, "0"):
         return
-    path = os.environ.get("AWP_LANDSCAPE_ERROR_FILE")  # landscape.dist.ERROR_FILE_ENV
+    path = os.environ.get(ERROR_FILE_ENV)
     if rank == "0" and path:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(line)

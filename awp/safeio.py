@@ -151,24 +151,24 @@ def read_provenance(path: str | Path) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path.parent
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def check_location(path: str | Path, flag: str) -> Path:
-    """A file can be created at `path`: it is not a directory, its nearest existing ancestor is a
-    writable directory (missing folders are created when writing)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {str(path)!r} is a directory; give a file path inside it")
-    anc = _nearest_existing(path)
+def _check_creatable(folder: Path, path: Path, flag: str) -> None:
+    """`folder` (the folder `path` goes in) exists or can be made: its nearest existing ancestor is a
+    directory this process may write in (missing folders are created when writing)."""
+    anc = folder
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
     if not anc.is_dir():
         raise UserError(f"{flag} {str(path)!r}: {str(anc)!r} is a file, not a directory")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {str(path)!r}: cannot write in {str(anc)!r} (read-only or no permission)")
+
+
+def check_location(path: str | Path, flag: str) -> Path:
+    """A file can be created at `path`: it is not a directory, and its folder can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a directory; give a file path inside it")
+    _check_creatable(path.parent, path, flag)
     return path
 
 
@@ -177,11 +177,7 @@ def check_dir(path: str | Path, flag: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {str(path)!r} is a file, not a directory")
-    anc = path if path.is_dir() else _nearest_existing(path / "x")
-    if not anc.is_dir():
-        raise UserError(f"{flag} {str(path)!r}: {str(anc)!r} is a file, not a directory")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {str(path)!r}: cannot write in {str(anc)!r} (read-only or no permission)")
+    _check_creatable(path, path, flag)
     return path
 
 

@@ -424,14 +424,18 @@ class RunReader:
             except (OSError, KeyError, AttributeError, TypeError, ValueError) as e:  # fletcher32, truncation, forgery
                 raise UserError(f"weights of epoch {epoch} in {str(self.path)!r} are corrupt: {e}") from None
 
-    def build_model(self, epoch: int, device: str | torch.device = "cpu") -> nn.Module:
-        """The registry model with the weights of `epoch` loaded (strictly), in eval mode, on `device`."""
+    def new_model(self) -> nn.Module:
+        """The run's registry architecture, freshly initialized (under `torch.device("meta")`: shapes only)."""
         from awp.models import create_model
 
         meta = self.model_meta
-        model = create_model(
+        return create_model(
             meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
         )
+
+    def build_model(self, epoch: int, device: str | torch.device = "cpu") -> nn.Module:
+        """The registry model with the weights of `epoch` loaded (strictly), in eval mode, on `device`."""
+        model = self.new_model()
         self.load_into(model, epoch)
         return model.to(device).eval()
 

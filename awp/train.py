@@ -329,9 +329,10 @@ def preflight(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwr
 def check_resumable(cfg: TrainConfig, out: Path) -> RunReader:
     """The run at `out` was made with `cfg` (runtime options aside): else one line naming the differences."""
     reader = open_run(out)
-    diff = config_diff(TrainConfig.from_dict(reader.config), cfg)
+    stored_cfg = reader.train_config()
+    diff = config_diff(stored_cfg, cfg)
     if diff:
-        stored = to_flat(TrainConfig.from_dict(reader.config))
+        stored = to_flat(stored_cfg)
         new = to_flat(cfg)
         detail = ", ".join(f"{k} (run: {stored[k]!r}, now: {new[k]!r})" for k in diff)
         raise UserError(f"cannot resume {str(out)!r}: the config differs in {detail}")

@@ -137,12 +137,12 @@ def check_caches(cfg: GapConfig) -> list[Path]:
     return caches
 
 
-def check_figures(cfg: GapConfig, names: list[str], command: str) -> str:
-    """--out-dir can hold the figures `names`; returns their provenance tag."""
-    out = check_dir(cfg.out_dir, "--out-dir")
+def check_figures(cfg: GapConfig, names: list[str], command: str, flag: str = "--out-dir") -> str:
+    """`cfg.out_dir` (given as `flag`) can hold the figures `names` of `command`; returns their provenance tag."""
+    out = check_dir(cfg.out_dir, flag)
     tag = provenance(command, cfg.runs, out)
     for name in names:
-        check_output(out / name, "--out-dir", inputs=[*cfg.runs, *map(landscape_path, cfg.runs)],
+        check_output(out / name, flag, inputs=[*cfg.runs, *map(landscape_path, cfg.runs)],
                      overwrite=cfg.overwrite, writes="figure", tag=tag)
     return tag
 

@@ -87,8 +87,7 @@ def open_run_source(path: Path, epochs: str, arch: str | None, dataset: str | No
     _check_same("arch", arch, meta["arch"], path)
     _check_same("dataset", dataset, meta["dataset"], path)
     with torch.device("meta"):  # shapes only: weights that do not fit are refused before any output is written
-        skeleton = create_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
-                                **meta["arch_kwargs"])
+        skeleton = reader.new_model()
     ckpts = []
     for e in reader.resolve_epochs(epochs):
         sd = reader.state_dict(e)

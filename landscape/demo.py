@@ -23,7 +23,7 @@ from awp.safeio import check_dir, check_output, provenance, signed
 from awp.methods import METHODS
 from awp.store import open_run
 from landscape import figures
-from landscape.analysis import GapConfig, RunAnalysis, analyse, gap_correlations, landscape_path
+from landscape.analysis import GapConfig, RunAnalysis, analyse, check_figures, gap_correlations, landscape_path
 from landscape.probe import ProbeConfig, run_probe
 from landscape.report import write_report
 from landscape.stats import Estimate, paired_bootstrap_diff, verdict
@@ -57,7 +57,7 @@ class DemoConfig:
         return GapConfig(
             runs=tuple(runs), every=2 if self.quick else 10, dirs=2 if self.quick else 3, alphas="-1:1:7" if self.quick else "-1:1:11",
             samples=50 if self.quick else 200, seed=self.seed, device=self.device, out_dir=self.figures_dir,
-            prefix="demo", progress=self.progress, n_boot=500 if self.quick else 2000,
+            prefix="demo", progress=self.progress, n_boot=500 if self.quick else 2000, overwrite=self.overwrite,
         )
 
 
@@ -93,22 +93,19 @@ def _train_all(cfg: DemoConfig, console: Console) -> list[str]:
 FIGURES = ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png")
 
 
-def check_outputs(cfg: DemoConfig) -> tuple[str, str]:
-    """Before training: the runs, figures and report may be written; returns the tags of figures and report."""
+def check_outputs(cfg: DemoConfig) -> str:
+    """Before training: the runs, figures and report may be written; returns the figures' provenance tag."""
     from awp.train import check_run_output
 
     runs = cfg.run_paths()
     check_dir(cfg.runs_dir, "--runs-dir")
     for run in runs:
         check_run_output(run, resume=True, overwrite=False)
-    out = check_dir(cfg.figures_dir, "--figures-dir")
-    fig_tag = provenance("demo", runs, out)
-    for name in FIGURES:
-        check_output(out / name, "--figures-dir", inputs=runs, overwrite=cfg.overwrite, writes="figure", tag=fig_tag)
+    fig_tag = check_figures(cfg.gap_config([str(r) for r in runs]), list(FIGURES), "demo", "--figures-dir")
     report = Path(cfg.report)
-    report_tag = provenance("report", runs, report.parent)
-    check_output(report, "--report", inputs=runs, overwrite=cfg.overwrite, writes="report", tag=report_tag)
-    return fig_tag, report_tag
+    check_output(report, "--report", inputs=runs, overwrite=cfg.overwrite, writes="report",
+                 tag=provenance("report", runs, report.parent))
+    return fig_tag
 
 
 def _correct(run: str, epoch: int, device: str) -> np.ndarray:
@@ -239,7 +236,7 @@ def print_table(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharp: s
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[Claim]:
     console = console or (Console() if sys.stdout.isatty() else Console(width=130))
     t0 = time.perf_counter()
-    fig_tag, _ = check_outputs(cfg)
+    fig_tag = check_outputs(cfg)
     torch.set_num_threads(1)  # the digits models are tiny: one thread is as fast and keeps the machine usable
     runs = _train_all(cfg, console)
     console.rule("weight loss landscapes (PGD on the fly)")

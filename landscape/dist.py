@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from awp.config import resolve_device
-from awp.errors import UserError
+from awp.errors import ERROR_FILE_ENV, UserError
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,6 @@ def any_flag(ctx: DistContext, flag: bool) -> bool:
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
-
-
-ERROR_FILE_ENV = "AWP_LANDSCAPE_ERROR_FILE"  # where rank 0 of a `--workers` launch leaves its one-line error
 
 
 def usable_cpus() -> int:

@@ -119,4 +119,3 @@ def check_radius(alphas: np.ndarray, radius: float) -> None:
     if radius > max_radius(alphas):
         raise UserError(f"--radius {radius:g} lies outside the probed range [{alphas.min():g}, {alphas.max():g}]: "
                         f"the rise reads rho at -r and r, so --radius must be at most {max_radius(alphas):g}")
-    value_at(alphas, np.zeros(len(alphas)), 0.0)

@@ -6,7 +6,6 @@ import errno
 import os
 import subprocess
 import sys
-import time
 
 import h5py
 import pytest

@@ -123,8 +123,17 @@ _CIFAR100 = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.267
 _SVHN = DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True)
 
 
-def _vision(name: str, data_dir: Path, *, train: bool, augment: bool) -> Dataset:
+def _torchvision_set(name: str, root: Path, *, train: bool, **kw) -> Dataset:
+    """The torchvision dataset `name` (SVHN names its splits, CIFAR takes `train=`)."""
     import torchvision
+
+    if name == "svhn":
+        return torchvision.datasets.SVHN(str(root), split="train" if train else "test", **kw)
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    return cls(str(root), train=train, **kw)
+
+
+def _vision(name: str, data_dir: Path, *, train: bool, augment: bool) -> Dataset:
     from torchvision import transforms as T
 
     ops = []
@@ -134,10 +143,7 @@ def _vision(name: str, data_dir: Path, *, train: bool, augment: bool) -> Dataset
             ops.append(T.RandomHorizontalFlip())
     tf = T.Compose(ops + [T.ToTensor()])
     try:
-        if name == "svhn":
-            return torchvision.datasets.SVHN(str(data_dir), split="train" if train else "test", transform=tf)
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        return cls(str(data_dir), train=train, transform=tf)
+        return _torchvision_set(name, data_dir, train=train, transform=tf)
     except RuntimeError:
         raise UserError(
             f"{name} files not found in {str(data_dir)!r}; fetch them with "
@@ -199,14 +205,8 @@ def download(name: str, data_dir: str | Path) -> None:
     root = Path(data_dir)
     existed, before = root.is_dir(), _files(root)
     try:
-        import torchvision
-
         for train in (True, False):
-            if name == "svhn":
-                torchvision.datasets.SVHN(str(root), split="train" if train else "test", download=True)
-            else:
-                cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-                cls(str(root), train=train, download=True)
+            _torchvision_set(name, root, train=train, download=True)
     except BaseException as e:
         _remove_new(root, before, existed)
         if not isinstance(e, (OSError, RuntimeError, EOFError, tarfile.TarError)):  # Ctrl-C and bugs keep their meaning

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from awp.config import format_bytes, physical_memory
+from awp.config import check_allocation
 from awp.errors import UserError
 
 ModelBuilder = Callable[..., nn.Module]
@@ -148,10 +148,6 @@ def _build(builder: ModelBuilder, name: str, num_classes: int, in_channels: int,
 
 def check_model_size(model: nn.Module, name: str, kwargs: dict[str, Any], fraction: float = 0.5) -> None:
     """Refuse a model whose parameters and buffers alone take more than `fraction` of physical memory."""
-    tensors = [*model.parameters(), *model.buffers()]
     count = sum(t.numel() for t in model.parameters())
-    nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    total = physical_memory()
-    if total is not None and nbytes > fraction * total:
-        raise UserError(f"model {name} with {_options(kwargs)} has {count:,} parameters ({format_bytes(nbytes)}); "
-                        f"this machine has {format_bytes(total)} of memory")
+    nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    check_allocation(nbytes, f"model {name} with {_options(kwargs)} ({count:,} parameters)", fraction)
