@@ -77,7 +77,7 @@ def download(
 @app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A reduced study in well under a minute (what the tests run).")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seeds: Annotated[str, typer.Option("--seeds", help="Independent trainings, e.g. 0,1,2: each claim is judged per seed and with the seeds as units.")] = "0,1,2",
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the run files go.")] = Path("runs/demo"),
     figures_dir: Annotated[Path, typer.Option("--figures-dir", help="Where the PNG figures go.")] = Path("figures"),
     report: Annotated[Path, typer.Option("--report", help="The interactive HTML report.")] = Path("report.html"),
@@ -86,12 +86,11 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """The main job on the embedded digits: train every method, probe landscapes, check the paper's claims."""
-    from awp.config import check_seed, resolve_device
-    from landscape.demo import DemoConfig, run_demo
+    from awp.config import resolve_device
+    from landscape.demo import DemoConfig, parse_seeds, run_demo
 
-    check_seed(seed, "--seed")
     resolve_device(device)
-    run_demo(DemoConfig(seed=seed, quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
+    run_demo(DemoConfig(seeds=parse_seeds(seeds), quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
                         report=str(report), device=device, progress=not quiet, overwrite=overwrite))
 
 

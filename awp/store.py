@@ -469,17 +469,21 @@ class RunReader:
         except UserError as e:
             raise self.damaged(str(e)) from None
 
-    def datasets(self) -> tuple[Dataset, Dataset]:
-        """(train, test) as the run used them: the exact training examples (subset, minus any
-        validation split) without augmentation, and the evaluation test set. Deterministic."""
+    def data(self) -> Any:
+        """The run's `awp.rundata.RunData`, rebuilt from its config: the same examples it saw. Deterministic."""
         from awp.rundata import run_data
 
         c = self.config
-        data = run_data(
+        return run_data(
             c["dataset"], c.get("data_dir", "data"), train_size=c.get("train_size", 0),
             train_eval_size=c.get("train_eval_size", 0), val_split=c.get("val_split", 0.0),
             test_size=c.get("test_size", 0),
         )
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        """(train, test) as the run used them: the exact training examples (subset, minus any
+        validation split) without augmentation, and the evaluation test set."""
+        data = self.data()
         return data.train_plain, data.test
 
     def resume_state(self) -> ResumeState | None:

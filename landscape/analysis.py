@@ -21,7 +21,8 @@ from landscape.coords import parse_centred_range
 from landscape.probe import ProbeConfig, check_outputs, run_probe
 from landscape.results import StaleResults
 from landscape.results import ProbeResults
-from landscape.stats import Estimate, correlations
+from landscape import metrics
+from landscape.stats import MIN_UNITS, CorrelationTest, across_runs, within_runs
 
 SHARPNESS = ("rise", "curvature")  # fields of `landscape.metrics.Sharpness` usable as the x axis
 
@@ -93,7 +94,6 @@ class GapConfig:
     out_dir: str = "figures"
     prefix: str = "gap"
     progress: bool = True
-    n_boot: int = 2000
     overwrite: bool = False  # replace existing figures / pages that are not this command's own
 
     def __post_init__(self) -> None:
@@ -120,14 +120,14 @@ def probe_config(cfg: GapConfig, run: str | Path) -> ProbeConfig:
 
 
 def check_caches(cfg: GapConfig) -> list[Path]:
-    """Before any compute: every run opens, and its landscape cache (and PNG) may be written or resumed;
-    returns the cache files (inputs of whatever is drawn from them)."""
-    caches, points = [], 0
-    for run in cfg.runs:
-        points += len(open_run(run).resolve_epochs(f"every:{cfg.every}"))
-    if points < 3:
-        raise UserError(f"only {points} (run, epoch) points would have both a gap and a landscape; the "
-                        f"correlations need 3 (a smaller --every, more runs, or train with --save-every)")
+    """Before any compute: at least one test can be made, every run opens, and its landscape cache (and
+    PNG) may be written or resumed; returns the cache files (inputs of whatever is drawn from them)."""
+    caches = []
+    changes = sum(max(len(open_run(run).resolve_epochs(f"every:{cfg.every}")) - 1, 0) for run in cfg.runs)
+    if changes < MIN_UNITS and len(cfg.runs) < MIN_UNITS:
+        raise UserError(f"{changes} epoch-to-epoch changes in {len(cfg.runs)} run(s) allow no test of gap vs sharpness: "
+                        f"it needs at least {MIN_UNITS} changes within runs (a smaller --every, or train with "
+                        f"--save-every) or at least {MIN_UNITS} runs")
     for run in cfg.runs:
         pcfg = probe_config(cfg, run)
         for other in cfg.runs:
@@ -165,14 +165,30 @@ class RunAnalysis:
     curves: RunCurves
     landscapes: ProbeResults
     epochs: np.ndarray = field(init=False)  # probed epochs [C]
-    sharpness: dict[str, np.ndarray] = field(init=False)  # name -> [C]
+    sharpness: dict[str, np.ndarray] = field(init=False)  # name -> [C], mean over directions
+    directions: dict[str, np.ndarray] = field(init=False)  # name -> [C, D], NaN for an incomplete direction
+    sharpness_se: dict[str, np.ndarray] = field(init=False)  # name -> [C], over examples (NaN: not known)
     gap: np.ndarray = field(init=False)  # gap at the probed epochs [C]
 
     def __post_init__(self) -> None:
-        sharp = self.landscapes.sharpness()
-        self.epochs = np.array([c.epoch for c in self.landscapes.checkpoints], dtype=int)
+        res = self.landscapes
+        sharp = res.sharpness()
+        self.epochs = np.array([c.epoch for c in res.checkpoints], dtype=int)
         self.sharpness = {name: np.array([getattr(s, name) for s in sharp]) for name in SHARPNESS}
+        self.sharpness_se = {"rise": np.array([s.rise_se for s in sharp]), "curvature": np.full(len(sharp), np.nan)}
+        r = res.config.get("radius") or metrics.default_radius(res.alphas)
+        fr = res.config.get("fit_radius") or r / 2
+        curves = res.values["adv_loss"]  # [C, D, A]
+        self.directions = {"rise": metrics.rise(res.alphas, curves, r),
+                           "curvature": metrics.curvature(res.alphas, curves, fr)}
+        for v in self.directions.values():
+            v[~np.isfinite(curves).all(axis=-1)] = np.nan
         self.gap = np.array([self.curves.at(int(e), self.curves.gap) for e in self.epochs])
+
+    def final(self, sharpness: str) -> tuple[float, float]:
+        """(sharpness, gap) at the last epoch: the run's point across runs (Figure 1b)."""
+        at = np.flatnonzero(self.epochs == self.curves.last_epoch)
+        return (float(self.sharpness[sharpness][at[0]]), float(self.gap[at[0]])) if len(at) else (np.nan, np.nan)
 
 
 def analyse(cfg: GapConfig, console: Console | None = None) -> list[RunAnalysis]:
@@ -180,22 +196,20 @@ def analyse(cfg: GapConfig, console: Console | None = None) -> list[RunAnalysis]
     return [RunAnalysis(run_curves(r), probe_run(cfg, r, console)) for r in cfg.runs]
 
 
-def pooled(analyses: list[RunAnalysis], sharpness: str) -> tuple[np.ndarray, np.ndarray]:
-    """(sharpness, gap) over every (run, probed epoch) with both defined: the points of Figure 1b."""
-    xs = np.concatenate([a.sharpness[sharpness] for a in analyses])
-    ys = np.concatenate([a.gap for a in analyses])
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    return xs[ok], ys[ok]
+@dataclass(frozen=True)
+class GapTests:
+    """The two valid tests of gap vs sharpness: over epochs within runs, and over runs."""
+
+    within: CorrelationTest
+    across: CorrelationTest
+
+    def __iter__(self):
+        return iter((self.within, self.across))
 
 
-def gap_correlations(analyses: list[RunAnalysis], sharpness: str, n_boot: int = 2000, seed: int = 0) -> dict[str, Estimate]:
-    """Pearson, Spearman and Kendall between sharpness and gap, with bootstrap 95% intervals."""
-    x, y = pooled(analyses, sharpness)
-    if len(x) < 3:
-        raise UserError(f"only {len(x)} (run, epoch) points have both a gap and a landscape; "
-                        f"probe more checkpoints (a smaller --every, or save more often with --save-every)")
-    return correlations(x, y, n_boot=n_boot, seed=seed)
-
-
-def with_runs(cfg: GapConfig, runs: list[str]) -> GapConfig:
-    return replace(cfg, runs=tuple(runs))
+def gap_tests(analyses: list[RunAnalysis], sharpness: str, seed: int = 0) -> GapTests:
+    """Spearman of the epoch-to-epoch changes within runs, and of the final points across runs
+    (`landscape.stats.within_runs` / `across_runs`); too few units give a test without an estimate."""
+    within = within_runs([(a.sharpness[sharpness], a.gap) for a in analyses], seed=seed)
+    final = np.array([a.final(sharpness) for a in analyses]).reshape(-1, 2)
+    return GapTests(within, across_runs(final[:, 0], final[:, 1], seed=seed))

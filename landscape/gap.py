@@ -6,21 +6,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from landscape import figures
 from awp.safeio import signed
-from landscape.analysis import GapConfig, RunAnalysis, analyse, check_caches, check_figures, gap_correlations
+from landscape.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, check_figures, gap_tests
 from landscape.output import save_plotly_html
-from landscape.stats import Estimate
 
 
 @dataclass
 class GapOutcome:
     analyses: list[RunAnalysis]
-    correlations: dict[str, Estimate]
+    tests: GapTests
     files: list[Path]
 
 
@@ -33,38 +34,40 @@ def run_gap(cfg: GapConfig, console: Console | None = None) -> GapOutcome:
     tag = check_figures(cfg, names, "gap")
     check_caches(cfg)
     analyses = analyse(cfg, console if cfg.progress else None)
-    corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
+    tests = gap_tests(analyses, cfg.sharpness, cfg.seed)
     out = Path(cfg.out_dir)
     with signed(tag):
-        files = _draw(analyses, corr, cfg, out)
-    print_gap(analyses, corr, cfg.sharpness, console)
+        files = _draw(analyses, tests, cfg, out)
+    print_gap(analyses, tests, cfg.sharpness, console)
     console.print("figures: " + ", ".join(str(f) for f in files))
-    return GapOutcome(analyses, corr, files)
+    return GapOutcome(analyses, tests, files)
 
 
-def _draw(analyses: list[RunAnalysis], corr: dict[str, Estimate], cfg: GapConfig, out: Path) -> list[Path]:
+def _draw(analyses: list[RunAnalysis], tests: GapTests, cfg: GapConfig, out: Path) -> list[Path]:
     p = cfg.prefix
     files = [
         figures.learning_curves_png([a.curves for a in analyses], out / f"{p}-curves.png"),
         figures.landscapes_png(analyses, out / f"{p}-landscapes.png"),
-        figures.scatter_png(analyses, cfg.sharpness, corr, out / f"{p}-vs-sharpness.png"),
+        figures.scatter_png(analyses, cfg.sharpness, tests, out / f"{p}-vs-sharpness.png"),
         save_plotly_html(figures.learning_curves_fig([a.curves for a in analyses]), out / f"{p}-curves.html"),
-        save_plotly_html(figures.scatter_fig(analyses, cfg.sharpness, corr), out / f"{p}-vs-sharpness.html"),
+        save_plotly_html(figures.scatter_fig(analyses, cfg.sharpness, tests), out / f"{p}-vs-sharpness.html"),
     ]
     files += [save_plotly_html(figures.landscape_slider_fig(a), out / f"{p}-landscapes-{i}.html")
               for i, a in enumerate(analyses)]
     return files
 
 
-def print_gap(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharpness: str, console: Console) -> None:
+def print_gap(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, console: Console) -> None:
     table = Table(box=box.SIMPLE_HEAD, title=f"robust generalization gap vs {sharpness}")
-    for col in ("run", "epoch", "train rob.", "test rob.", "gap", sharpness, ""):
+    for col in ("run", "epoch", "train rob.", "test rob.", "gap", sharpness, "± se", ""):
         table.add_column(col, justify="left" if col in ("run", "") else "right")
     for a in analyses:
-        for e, g, s in zip(a.epochs, a.gap, a.sharpness[sharpness]):
+        for e, g, s, se in zip(a.epochs, a.gap, a.sharpness[sharpness], a.sharpness_se[sharpness]):
             mark = "best" if e == a.curves.best_epoch else ("last" if e == a.curves.last_epoch else "")
             table.add_row(a.curves.label, str(e), f"{a.curves.at(e, a.curves.train_adv):.3f}",
-                          f"{a.curves.at(e, a.curves.test_adv):.3f}", f"{g:+.3f}", f"{s:.4f}", mark)
+                          f"{a.curves.at(e, a.curves.test_adv):.3f}", f"{g:+.3f}", f"{s:.4f}",
+                          f"{se:.4f}" if np.isfinite(se) else "–", mark)
     console.print(table)
-    for name, est in corr.items():
-        console.print(f"{name:9s} correlation(sharpness, gap) = {est}  (bootstrap 95% interval)")
+    console.print(f"± se: over examples (PGD on the fly); the spread over directions is in the landscape table")
+    for t in tests:
+        console.print(t.summary(), soft_wrap=True, highlight=False)

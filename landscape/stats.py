@@ -1,73 +1,40 @@
-"""Correlation and bootstrap statistics for the gap-vs-sharpness analysis (Figure 1b), as pure functions.
+"""Inference for the gap-vs-sharpness analysis (Figure 1) and the demo's claims, as pure functions.
 
-Pearson measures linear association, Spearman and Kendall monotone association (robust to the
-nonlinear way sharpness grows); bootstrap intervals resample (gap, sharpness) pairs with replacement.
+The units of a test are what is independent: runs (methods, seeds) are; the epochs of one run are not,
+since both the gap and sharpness trend with the epoch and move a little from one epoch to the next.
+So there are two tests, never a bootstrap over (run, epoch) points:
+
+- across runs (Figure 1b): one point per run, Spearman's rho with a permutation p-value (exact for up
+  to 7 runs) and a percentile bootstrap over runs;
+- within runs (Figure 1a): Spearman's rho of the epoch-to-epoch *changes* (first differences), pooled
+  over runs, with a p-value from permuting the changes of the gap within each run (stratified; exact
+  under the null when a run's increments are exchangeable, e.g. random walks) and a Fisher-z interval.
+
+Differences of means come with paired bootstraps over examples, differences over random directions or
+seeds with t intervals over those units (scipy.stats throughout, except the two resampling schemes
+scipy has no option for: a permutation within strata).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
+from scipy import stats as st
 
-Correlation = Callable[[np.ndarray, np.ndarray], float]
+LEVEL = 0.95  # every interval the toolkit prints is a 95% interval
+ALPHA = 0.05  # and every test is at 5%, two-sided
+MIN_UNITS = 5  # a rank correlation of n < 5 units cannot reach p < 0.05 (exact minimum p = 2 / n!)
 
-
-def _check_pairs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"need two 1-D arrays of equal length, got {x.shape} and {y.shape}")
-    return x, y
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """r = sum((x - mean x)(y - mean y)) / sqrt(sum (x - mean x)^2 sum (y - mean y)^2); NaN if constant."""
-    x, y = _check_pairs(x, y)
-    dx, dy = x - x.mean(), y - y.mean()
-    den = np.sqrt((dx * dx).sum() * (dy * dy).sum())
-    return float((dx * dy).sum() / den) if den > 0 else float("nan")
-
-
-def rankdata(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    a = np.asarray(a, dtype=float)
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(len(a), dtype=float)
-    sorted_a = a[order]
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho: Pearson's r of the (tie-averaged) ranks."""
-    x, y = _check_pairs(x, y)
-    return pearson(rankdata(x), rankdata(y))
-
-
-def kendall(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - ties_x)(n0 - ties_y)) over all pairs."""
-    x, y = _check_pairs(x, y)
-    sx = np.sign(x[:, None] - x[None, :])
-    sy = np.sign(y[:, None] - y[None, :])
-    iu = np.triu_indices(len(x), k=1)
-    sx, sy = sx[iu], sy[iu]
-    den = np.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
-    return float((sx * sy).sum() / den) if den > 0 else float("nan")
-
-
-CORRELATIONS: dict[str, Correlation] = {"pearson": pearson, "spearman": spearman, "kendall": kendall}
+HOLDS, FAILS, NOT_SIGNIFICANT, NOT_MEASURABLE = "holds", "fails", "not significant", "not measurable"
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A statistic with its bootstrap 95% interval."""
+    """A statistic with its 95% interval."""
 
     value: float
     lo: float
@@ -77,44 +44,231 @@ class Estimate:
         return f"{self.value:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]"
 
 
-def bootstrap_correlation(
-    x: np.ndarray, y: np.ndarray, fn: Correlation, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> Estimate:
-    """`fn(x, y)` with a percentile bootstrap interval from resampling the pairs with replacement."""
-    x, y = _check_pairs(x, y)
+def _pairs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"need two 1-D arrays of equal length, got {x.shape} and {y.shape}")
+    return x, y
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (scipy.stats.spearmanr); NaN when either side is constant."""
+    x, y = _pairs(x, y)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(st.spearmanr(x, y).statistic)
+
+
+def _row_spearman(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Pearson's r of rank rows [..., n] (Spearman's rho per row); NaN for a constant row."""
+    dx = rx - rx.mean(axis=-1, keepdims=True)
+    dy = ry - ry.mean(axis=-1, keepdims=True)
+    den = np.sqrt((dx * dx).sum(-1) * (dy * dy).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (dx * dy).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def _spearman_along(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho along `axis` (vectorized, for scipy's resampling functions)."""
+    a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+    return _row_spearman(st.rankdata(a, axis=-1), st.rankdata(b, axis=-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Correlation tests
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorrelationTest:
+    """A rank correlation with its p-value and interval, and the units it was computed over. With too
+    few units `estimate` / `p` are None and `reason` says how many are needed."""
+
+    scope: str  # "within runs" | "across runs"
+    method: str  # the statistic, the p-value and the interval, in words
+    units: str  # e.g. "19 epoch-to-epoch changes in 2 runs"
+    n: int
+    estimate: Estimate | None = None
+    p: float | None = None
+    reason: str | None = None
+
+    @property
+    def status(self) -> str:
+        """'holds' (rho > 0, p < 0.05), 'fails' (rho < 0, p < 0.05), 'not significant', 'not measurable'."""
+        if self.estimate is None or self.p is None or not math.isfinite(self.estimate.value):
+            return NOT_MEASURABLE
+        if self.p < ALPHA:
+            return HOLDS if self.estimate.value > 0 else FAILS
+        return NOT_SIGNIFICANT
+
+    def summary(self) -> str:
+        """One line: 'within runs: Spearman +0.41 [+0.02, +0.70], p = 0.031 (19 changes in 2 runs; ...)'."""
+        if self.estimate is None:
+            return f"{self.scope}: {self.reason}"
+        return f"{self.scope}: Spearman {self.estimate}, p = {self.p:.3g} ({self.units}; {self.method})"
+
+
+def across_runs(x: np.ndarray, y: np.ndarray, *, n_resamples: int = 9999, n_boot: int = 2000, seed: int = 0) -> CorrelationTest:
+    """Figure 1b over independent runs: one (sharpness, gap) point per run. Spearman's rho, a two-sided
+    permutation p-value (scipy.stats.permutation_test over pairings: exact when n! <= n_resamples, i.e. up to 7 runs)
+    and a percentile bootstrap over runs (scipy.stats.bootstrap, paired)."""
+    x, y = _pairs(x, y)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    method = "permutation p over pairings, bootstrap over runs"
+    units = f"{len(x)} runs, one point each"
+    if len(x) < MIN_UNITS:
+        return CorrelationTest("across runs", method, units, len(x),
+                               reason=f"{len(x)} runs; a test across runs needs at least {MIN_UNITS}")
+    rho = spearman(x, y)
+    if not math.isfinite(rho):
+        return CorrelationTest("across runs", method, units, len(x), reason="sharpness or gap is the same for every run")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    boots = np.array([fn(x[i], y[i]) for i in idx])
-    boots = boots[np.isfinite(boots)]
-    tail = (1 - level) / 2 * 100
-    lo, hi = (np.percentile(boots, [tail, 100 - tail]) if len(boots) else (np.nan, np.nan))
-    return Estimate(fn(x, y), float(lo), float(hi))
+    # Only the gaps are permuted (n! pairings: exact up to n = 7 with the default resamples).
+    perm = st.permutation_test((y,), lambda b, axis=-1: _spearman_along(np.broadcast_to(x, b.shape), b, axis),
+                               permutation_type="pairings", vectorized=True, n_resamples=n_resamples,
+                               alternative="two-sided", random_state=rng)
+    with warnings.catch_warnings():  # a resample of few runs may be constant: its rho is NaN and dropped
+        warnings.simplefilter("ignore")
+        boot = st.bootstrap((x, y), _spearman_along, paired=True, vectorized=True, n_resamples=n_boot,
+                            method="percentile", confidence_level=LEVEL, random_state=rng)
+    # A resample that repeats one run n times has no rho; the percentiles are over those that have one.
+    dist = boot.bootstrap_distribution[np.isfinite(boot.bootstrap_distribution)]
+    lo, hi = np.percentile(dist, [(1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100]) if len(dist) else (math.nan, math.nan)
+    return CorrelationTest("across runs", method, units, len(x), Estimate(rho, float(lo), float(hi)), float(perm.pvalue))
 
 
-def correlations(x: np.ndarray, y: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict[str, Estimate]:
-    """Pearson, Spearman and Kendall with bootstrap 95% intervals."""
-    return {name: bootstrap_correlation(x, y, fn, n_boot=n_boot, seed=seed) for name, fn in CORRELATIONS.items()}
+def first_differences(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per run, the changes (x[t+1] - x[t], y[t+1] - y[t]) between consecutive finite points."""
+    out = []
+    for x, y in series:
+        x, y = _pairs(x, y)
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if len(x) >= 2:
+            out.append((np.diff(x), np.diff(y)))
+    return out
 
 
-def paired_bootstrap_diff(
-    a: np.ndarray, b: np.ndarray, *, n_boot: int = 5000, seed: int = 0, level: float = 0.95
-) -> Estimate:
-    """mean(a) - mean(b) for per-example scores (e.g. 0/1 robust correctness of two models on the same
-    test examples), with a paired percentile bootstrap interval over examples."""
-    a, b = _check_pairs(a, b)
+def fisher_interval(rho: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Bonett-Wright interval of Spearman's rho from n independent pairs: tanh(atanh(rho) +- z se),
+    se^2 = (1 + rho^2 / 2) / (n - 3)."""
+    r = min(max(rho, -1 + 1e-9), 1 - 1e-9)
+    se = math.sqrt((1 + r * r / 2) / (n - 3))
+    z = float(st.norm.ppf(0.5 + level / 2))
+    return math.tanh(math.atanh(r) - z * se), math.tanh(math.atanh(r) + z * se)
+
+
+def within_runs(
+    series: Sequence[tuple[np.ndarray, np.ndarray]], *, n_resamples: int = 9999, seed: int = 0
+) -> CorrelationTest:
+    """Figure 1a over epochs: does the gap change with sharpness? `series` holds per run (sharpness,
+    gap) at its probed epochs, in epoch order. Spearman's rho of the pooled first differences (which
+    removes the common trend and makes random walks' steps independent); the p-value permutes the
+    gap's changes within each run (stratified: scipy's permutation_test has no strata), the interval
+    is Bonett-Wright's for independent pairs. A moving-block bootstrap within runs was tried and
+    excluded 0 in 11% of null simulations (2 runs x 11 points), so it is not used."""
+    diffs = first_differences(series)
+    n = sum(len(dx) for dx, _ in diffs)
+    method = "p from permutations within runs, Fisher-z interval"
+    units = f"{n} epoch-to-epoch changes in {len(diffs)} run{'s' if len(diffs) != 1 else ''}"
+    if n < MIN_UNITS:
+        return CorrelationTest("within runs", method, units, n,
+                               reason=f"{n} epoch-to-epoch changes; a test within runs needs at least {MIN_UNITS} "
+                                      f"(probe more epochs)")
+    dx = np.concatenate([d[0] for d in diffs])
+    dy = np.concatenate([d[1] for d in diffs])
+    rho = spearman(dx, dy)
+    if not math.isfinite(rho):
+        return CorrelationTest("within runs", method, units, n, reason="sharpness or gap does not change")
+    rng = np.random.default_rng(seed)
+    rx, ry = st.rankdata(dx), st.rankdata(dy)
+    # Permutations within runs: sort random keys offset by the run index (runs are contiguous in the pool).
+    run_of = np.concatenate([np.full(len(d[0]), i) for i, d in enumerate(diffs)])
+    keys = rng.random((n_resamples, n)) + 2 * run_of
+    null = _row_spearman(rx[None, :], ry[np.argsort(keys, axis=1)])
+    p = (1 + np.count_nonzero(np.abs(null) >= abs(rho) - 1e-12)) / (1 + n_resamples)
+    lo, hi = fisher_interval(rho, n)
+    return CorrelationTest("within runs", method, units, n, Estimate(rho, lo, hi), float(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals of differences
+# ---------------------------------------------------------------------------------------------
+
+
+def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int = 5000, seed: int = 0) -> Estimate:
+    """mean(a) - mean(b) for per-example scores of the same examples (e.g. 0/1 robust correctness of
+    two checkpoints), with a percentile bootstrap over examples (scipy.stats.bootstrap)."""
+    a, b = _pairs(a, b)
     d = a - b
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-    boots = d[idx].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(boots, [tail, 100 - tail])
-    return Estimate(float(d.mean()), float(lo), float(hi))
+    if np.ptp(d) == 0:  # every example differs by the same amount: no spread to resample
+        return Estimate(float(d.mean()), float(d[0]), float(d[0]))
+    ci = st.bootstrap((d,), np.mean, n_resamples=n_boot, method="percentile", confidence_level=LEVEL,
+                      random_state=np.random.default_rng(seed)).confidence_interval
+    return Estimate(float(d.mean()), float(ci.low), float(ci.high))
 
 
-def verdict(est: Estimate) -> str:
-    """'holds' when the whole interval is above 0, 'fails' when below, else 'not significant'."""
-    if est.lo > 0:
-        return "holds"
-    if est.hi < 0:
-        return "fails"
-    return "not significant"
+def gap_change(train_a: np.ndarray, train_b: np.ndarray, test_a: np.ndarray, test_b: np.ndarray, *,
+               n_boot: int = 5000, seed: int = 0) -> Estimate:
+    """gap(a) - gap(b), gap = train robust - test robust accuracy (Section 3), from per-example
+    correctness of two checkpoints (or runs) on the same training and test examples: training and
+    test examples are resampled independently, each paired between a and b."""
+    tr, te = _pairs(train_a, train_b), _pairs(test_a, test_b)
+    d_tr, d_te = tr[0] - tr[1], te[0] - te[1]
+    value = float(d_tr.mean() - d_te.mean())
+    if np.ptp(d_tr) == 0 and np.ptp(d_te) == 0:
+        return Estimate(value, value, value)
+    ci = st.bootstrap((d_tr, d_te), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), n_resamples=n_boot,
+                      method="percentile", confidence_level=LEVEL, random_state=np.random.default_rng(seed),
+                      vectorized=True).confidence_interval
+    return Estimate(value, float(ci.low), float(ci.high))
+
+
+def t_interval(values: np.ndarray, extra_se: float = 0.0) -> Estimate:
+    """The mean of independent units (random directions, seeds) with a Student-t 95% interval; with
+    `extra_se`, a standard error from another source (e.g. examples) added in quadrature. NaN bounds
+    for fewer than 2 units."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return Estimate(math.nan, math.nan, math.nan)
+    m = float(v.mean())
+    if len(v) < 2:
+        return Estimate(m, math.nan, math.nan)
+    se = math.sqrt(v.var(ddof=1) / len(v) + extra_se**2)
+    half = float(st.t.ppf(0.5 + LEVEL / 2, len(v) - 1)) * se
+    return Estimate(m, m - half, m + half)
+
+
+def welch_interval(a: np.ndarray, b: np.ndarray, extra_se: float = 0.0) -> Estimate:
+    """mean(a) - mean(b) for two independent sets of units (e.g. the random directions of two models),
+    with a Welch t 95% interval (Welch-Satterthwaite degrees of freedom); `extra_se` as in `t_interval`."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) == 0 or len(b) == 0:
+        return Estimate(math.nan, math.nan, math.nan)
+    m = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Estimate(m, math.nan, math.nan)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb + extra_se**2)
+    if se == 0:
+        return Estimate(m, m, m)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
+    half = float(st.t.ppf(0.5 + LEVEL / 2, dof)) * se
+    return Estimate(m, m - half, m + half)
+
+
+def verdict(est: Estimate | None, sign: int = +1) -> str:
+    """Whether `est` shows an effect of sign `sign`: 'holds' when the whole interval is on that side of
+    0, 'fails' when it is on the other side, 'not significant' when it contains 0, 'not measurable'
+    when there is no interval."""
+    if est is None or not (math.isfinite(est.lo) and math.isfinite(est.hi)):
+        return NOT_MEASURABLE
+    lo, hi = (est.lo, est.hi) if sign > 0 else (-est.hi, -est.lo)
+    if lo > 0:
+        return HOLDS
+    if hi < 0:
+        return FAILS
+    return NOT_SIGNIFICANT

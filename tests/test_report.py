@@ -20,24 +20,32 @@ STATUSES = {"holds", "fails", "not significant", "not measurable"}
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(quick=True, runs_dir=str(d / "runs"), figures_dir=str(d / "figures"), report=str(d / "report.html"),
-                     progress=False)
-    claims = run_demo(cfg)
-    return cfg, claims, d
+    cfg = DemoConfig(seeds=(0, 1), quick=True, runs_dir=str(d / "runs"), figures_dir=str(d / "figures"),
+                     report=str(d / "report.html"), progress=False)
+    outcome = run_demo(cfg)
+    return cfg, outcome, d
 
 
-def test_demo_checks_all_four_claims(demo):
-    cfg, claims, d = demo
-    assert [c.text[:3] for c in claims] == ["(1)", "(2)", "(3)", "(4)"]
-    for c in claims:
-        assert c.status in STATUSES and c.evidence
-    # Comparisons of accuracies carry a paired bootstrap interval; the correlations carry theirs.
-    assert "paired bootstrap" in claims[0].evidence and "paired bootstrap" in claims[2].evidence
-    assert re.search(r"spearman [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", claims[1].evidence)
+def test_demo_judges_every_claim_per_seed_and_over_seeds(demo):
+    cfg, outcome, d = demo
+    assert set(outcome.per_seed) == {0, 1}
+    for claims in outcome.per_seed.values():
+        assert [c.key for c in claims] == ["1", "2a", "3", "4"]
+    assert [c.key for c in outcome.study] == ["1", "2a", "2b", "3", "4"]
+    for c in [*outcome.study, *(c for cs in outcome.per_seed.values() for c in cs)]:
+        assert c.status in STATUSES and c.parts
+        for p in c.parts:  # every part is decided from an interval, or says why it cannot be
+            assert (p.estimate is not None) or p.note, p
+    one = outcome.per_seed[0]
+    assert "paired bootstrap" in one[0].evidence and "not used to choose it" in one[0].evidence
+    assert "permutations within runs" in one[1].evidence
+    assert "t interval over seeds" in outcome.study[3].evidence
+    assert "needs at least 5" in outcome.study[2].evidence  # 4 runs: no test across runs, and it says so
     for name in ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png"):
         assert (d / "figures" / name).stat().st_size > 5000
     runs = sorted((d / "runs").glob("digits-*-quick.h5"))
     assert {p.name.split("-seed")[0] for p in runs} >= {"digits-at", "digits-at-awp"}
+    assert {p.name.split("-seed")[1][0] for p in runs} == {"0", "1"}
 
 
 def test_second_analysis_computes_nothing(demo, monkeypatch):
@@ -54,14 +62,15 @@ def test_second_analysis_computes_nothing(demo, monkeypatch):
     assert all(a.landscapes.done.all() for a in analyses)
 
 
-def test_gap_command_prints_correlations(demo):
+def test_gap_command_prints_both_tests(demo):
     cfg, _, d = demo
     runs = sorted(str(p) for p in (d / "runs").glob("digits-*-quick.h5"))
     r = run_cli("gap", *runs, "--every", "2", "--dirs", "2", "--alphas", "-1:1:7", "--samples", "50",
                 "--out-dir", str(d / "gapfigs"), "--device", "cpu", "-q")
     assert r.returncode == 0, r.stderr
-    for name in ("pearson", "spearman", "kendall"):
-        assert re.search(name + r"\s+correlation\(sharpness, gap\) = [+-]\d\.\d{3} \[", r.stdout), r.stdout
+    assert re.search(r"within runs: Spearman [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\], p = [\d.e-]+ \(\d+ "
+                     r"epoch-to-epoch changes in 4 runs", r.stdout), r.stdout
+    assert "across runs: 4 runs; a test across runs needs at least 5" in r.stdout
     assert (d / "gapfigs" / "gap-vs-sharpness.html").exists() and (d / "gapfigs" / "gap-curves.png").exists()
 
 
