@@ -8,7 +8,8 @@ So there are two tests, never a bootstrap over (run, epoch) points:
   to 7 runs) and a percentile bootstrap over runs;
 - within runs (Figure 1a): Spearman's rho of the epoch-to-epoch *changes* (first differences), pooled
   over runs, with a p-value from permuting the changes of the gap within each run (stratified; exact
-  under the null when a run's increments are exchangeable, e.g. random walks) and a Fisher-z interval.
+  under the null when a run's increments are exchangeable, e.g. random walks; widened for lag-1
+  autocorrelation left in the changes) and a Fisher-z interval.
 
 Differences of means come with paired bootstraps over examples, differences over random directions or
 seeds with t intervals over those units (scipy.stats throughout, except the two resampling schemes
@@ -150,13 +151,32 @@ def first_differences(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[t
     return out
 
 
-def fisher_interval(rho: float, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """Bonett-Wright interval of Spearman's rho from n independent pairs: tanh(atanh(rho) +- z se),
-    se^2 = (1 + rho^2 / 2) / (n - 3)."""
+def fisher_interval(rho: float, n: float, level: float = LEVEL) -> tuple[float, float]:
+    """Bonett-Wright interval of Spearman's rho from n (effective) independent pairs:
+    tanh(atanh(rho) +- z se), se^2 = (1 + rho^2 / 2) / (n - 3); NaN bounds for n <= 3."""
+    if n <= 3:
+        return math.nan, math.nan
     r = min(max(rho, -1 + 1e-9), 1 - 1e-9)
     se = math.sqrt((1 + r * r / 2) / (n - 3))
     z = float(st.norm.ppf(0.5 + level / 2))
     return math.tanh(math.atanh(r) - z * se), math.tanh(math.atanh(r) + z * se)
+
+
+def lag1_autocorrelation(series: Sequence[np.ndarray]) -> float:
+    """Lag-1 autocorrelation pooled over runs (each centred on its own mean, pairs never span runs)."""
+    num = den = 0.0
+    for s in series:
+        c = np.asarray(s, float) - np.mean(s)
+        num += float((c[:-1] * c[1:]).sum())
+        den += float((c * c).sum())
+    return num / den if den > 0 else 0.0
+
+
+def variance_inflation(dx: Sequence[np.ndarray], dy: Sequence[np.ndarray]) -> float:
+    """How much serial correlation widens the null spread of a correlation of two independent series:
+    f = 1 + 2 r1(x) r1(y) (Bartlett; Pyper and Peterman 1998, lag 1 only), never below 1. First
+    differences of a trend plus white noise have r1 = -1/2 each, so f = 1.5."""
+    return max(1.0, 1.0 + 2.0 * lag1_autocorrelation(dx) * lag1_autocorrelation(dy))
 
 
 def within_runs(
@@ -164,13 +184,15 @@ def within_runs(
 ) -> CorrelationTest:
     """Figure 1a over epochs: does the gap change with sharpness? `series` holds per run (sharpness,
     gap) at its probed epochs, in epoch order. Spearman's rho of the pooled first differences (which
-    removes the common trend and makes random walks' steps independent); the p-value permutes the
-    gap's changes within each run (stratified: scipy's permutation_test has no strata), the interval
-    is Bonett-Wright's for independent pairs. A moving-block bootstrap within runs was tried and
-    excluded 0 in 11% of null simulations (2 runs x 11 points), so it is not used."""
+    removes the common trend and makes a random walk's steps independent). The p-value permutes the
+    gap's changes within each run (stratified: scipy's permutation_test has no strata); since changes
+    that are still serially correlated (a trend plus white noise gives r1 = -1/2) make that null too
+    narrow, it is widened by sqrt(f) of `variance_inflation`, and the Bonett-Wright interval uses n / f
+    pairs. A moving-block bootstrap within runs was tried and excluded 0 in 11% of null simulations
+    (2 runs x 11 points), so it is not used."""
     diffs = first_differences(series)
     n = sum(len(dx) for dx, _ in diffs)
-    method = "p from permutations within runs, Fisher-z interval"
+    method = "p from permutations within runs, corrected for lag-1 autocorrelation; Fisher-z interval"
     units = f"{n} epoch-to-epoch changes in {len(diffs)} run{'s' if len(diffs) != 1 else ''}"
     if n < MIN_UNITS:
         return CorrelationTest("within runs", method, units, n,
@@ -181,14 +203,15 @@ def within_runs(
     rho = spearman(dx, dy)
     if not math.isfinite(rho):
         return CorrelationTest("within runs", method, units, n, reason="sharpness or gap does not change")
+    f = variance_inflation([d[0] for d in diffs], [d[1] for d in diffs])
     rng = np.random.default_rng(seed)
     rx, ry = st.rankdata(dx), st.rankdata(dy)
     # Permutations within runs: sort random keys offset by the run index (runs are contiguous in the pool).
     run_of = np.concatenate([np.full(len(d[0]), i) for i, d in enumerate(diffs)])
     keys = rng.random((n_resamples, n)) + 2 * run_of
-    null = _row_spearman(rx[None, :], ry[np.argsort(keys, axis=1)])
+    null = _row_spearman(rx[None, :], ry[np.argsort(keys, axis=1)]) * math.sqrt(f)
     p = (1 + np.count_nonzero(np.abs(null) >= abs(rho) - 1e-12)) / (1 + n_resamples)
-    lo, hi = fisher_interval(rho, n)
+    lo, hi = fisher_interval(rho, n / f)
     return CorrelationTest("within runs", method, units, n, Estimate(rho, lo, hi), float(p))
 
 
