@@ -41,15 +41,29 @@ class RunCurves:
     train_nat: np.ndarray
     best_epoch: int | None
     last_epoch: int | None
+    n_train: int = 0  # examples behind train_* and test_* (0: unknown)
+    n_test: int = 0
 
     @property
     def gap(self) -> np.ndarray:
         """Robust generalization gap = train robust - test robust accuracy (Section 3)."""
         return self.train_adv - self.test_adv
 
+    @property
+    def gap_se(self) -> np.ndarray:
+        """Standard error of the gap over examples: two independent binomial proportions,
+        sqrt(p_tr (1 - p_tr) / n_tr + p_te (1 - p_te) / n_te); NaN when the counts are unknown."""
+        return np.sqrt(proportion_se(self.train_adv, self.n_train) ** 2 + proportion_se(self.test_adv, self.n_test) ** 2)
+
     def at(self, epoch: int, values: np.ndarray) -> float:
         idx = np.flatnonzero(self.epochs == epoch)
         return float(values[idx[0]]) if len(idx) else float("nan")
+
+
+def proportion_se(p: np.ndarray | float, n: int) -> np.ndarray:
+    """Standard error of an accuracy p measured on n examples: sqrt(p (1 - p) / n); NaN for n = 0."""
+    p = np.asarray(p, dtype=float)
+    return np.sqrt(p * (1 - p) / n) if n > 0 else np.full(p.shape, np.nan)
 
 
 def run_label(config: dict) -> str:
@@ -64,9 +78,11 @@ def run_curves(path: str | Path, label: str | None = None) -> RunCurves:
     m = reader.metrics()
     if len(m.get("epoch", [])) == 0:
         raise UserError(f"{str(path)!r} has no finished epoch yet")
+    data = reader.data()
     return RunCurves(
         Path(path), label or run_label(reader.config), reader.config, m["epoch"].astype(int), m["train_adv_acc"],
         m["test_adv_acc"], m["test_nat_acc"], m["train_nat_acc"], reader.best_epoch, reader.last_epoch,
+        len(data.train_eval), len(data.test),
     )
 
 

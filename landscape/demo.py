@@ -28,7 +28,7 @@ from awp.safeio import check_dir, check_output, provenance, signed
 from awp.store import open_run
 from landscape import claims as cl
 from landscape import figures
-from landscape.analysis import GapConfig, RunAnalysis, analyse, check_figures, gap_tests, landscape_path
+from landscape.analysis import GapConfig, RunAnalysis, analyse, check_figures, gap_tests, landscape_path, proportion_se
 from landscape.claims import Checkpoint, Claim
 from landscape.probe import ProbeConfig, run_probe
 from landscape.report import write_report
@@ -266,8 +266,12 @@ def study_claims(per_seed: dict[int, list[Claim]], analyses: list[RunAnalysis], 
 # ---------------------------------------------------------------------------------------------
 
 
+def _pm(value: float, se: float, fmt: str = ".3f") -> str:
+    return f"{value:{fmt}} ± {se:.3f}" if np.isfinite(se) else f"{value:{fmt}}"
+
+
 def print_table(analyses: list[RunAnalysis], sharp: str, console: Console) -> None:
-    table = Table(box=box.SIMPLE_HEAD, title="digits: best and last test robust accuracy, final gap and sharpness")
+    table = Table(box=box.SIMPLE_HEAD, title="digits: best and last test robust accuracy, final gap and sharpness (± se)")
     for col in ("method", "seed", "best epoch", "best test rob.", "last test rob.", "last test nat.", "final gap",
                 f"final {sharp}"):
         table.add_column(col, justify="left" if col == "method" else "right")
@@ -276,13 +280,15 @@ def print_table(analyses: list[RunAnalysis], sharp: str, console: Console) -> No
         b, l = c.best_epoch, c.last_epoch
         s, g = a.final(sharp)
         se = a.sharpness_se[sharp][a.epochs == l]
-        se_text = f" ± {float(se[0]):.3f}" if len(se) and np.isfinite(se[0]) else ""
-        table.add_row(c.label, str(c.config.get("seed")), str(b), f"{c.at(b, c.test_adv):.3f}", f"{c.at(l, c.test_adv):.3f}",
-                      f"{c.at(l, c.test_nat):.3f}", f"{g:+.3f}", f"{s:.3f}{se_text}")
+        acc = [(c.at(e, v), float(proportion_se(c.at(e, v), c.n_test))) for e, v in
+               ((b, c.test_adv), (l, c.test_adv), (l, c.test_nat))]
+        table.add_row(c.label, str(c.config.get("seed")), str(b), *(_pm(v, e) for v, e in acc),
+                      _pm(g, c.at(l, c.gap_se), "+.3f"), _pm(s, float(se[0]) if len(se) else np.nan))
     console.print(table)
     console.print("best epoch: by test robust accuracy (the paper's choice, in the run file); claim (1) chooses it "
-                  "again on half of the test set and measures it on the other half. ± se: over examples.",
-                  soft_wrap=True, highlight=False)
+                  "again on half of the test set and measures it on the other half. ± se: over examples (binomial "
+                  "for accuracies and the gap; PGD-on-the-fly noise for the sharpness, whose spread over directions "
+                  "the claims add).", soft_wrap=True, highlight=False)
 
 
 _COLOUR = {HOLDS: "green", FAILS: "red"}

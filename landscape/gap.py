@@ -59,15 +59,18 @@ def _draw(analyses: list[RunAnalysis], tests: GapTests, cfg: GapConfig, out: Pat
 
 def print_gap(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, console: Console) -> None:
     table = Table(box=box.SIMPLE_HEAD, title=f"robust generalization gap vs {sharpness}")
-    for col in ("run", "epoch", "train rob.", "test rob.", "gap", sharpness, "± se", ""):
+    for col in ("run", "epoch", "train rob.", "test rob.", "gap ± se", sharpness, "± se", ""):
         table.add_column(col, justify="left" if col in ("run", "") else "right")
     for a in analyses:
         for e, g, s, se in zip(a.epochs, a.gap, a.sharpness[sharpness], a.sharpness_se[sharpness]):
+            g_se = a.curves.at(e, a.curves.gap_se)
             mark = "best" if e == a.curves.best_epoch else ("last" if e == a.curves.last_epoch else "")
             table.add_row(a.curves.label, str(e), f"{a.curves.at(e, a.curves.train_adv):.3f}",
-                          f"{a.curves.at(e, a.curves.test_adv):.3f}", f"{g:+.3f}", f"{s:.4f}",
+                          f"{a.curves.at(e, a.curves.test_adv):.3f}",
+                          f"{g:+.3f} ± {g_se:.3f}" if np.isfinite(g_se) else f"{g:+.3f}", f"{s:.4f}",
                           f"{se:.4f}" if np.isfinite(se) else "–", mark)
     console.print(table)
-    console.print(f"± se: over examples (PGD on the fly); the spread over directions is in the landscape table")
+    console.print("± se: over examples (binomial for the gap; PGD on the fly for the sharpness, whose spread over "
+                  "directions is in the probe table)", soft_wrap=True, highlight=False)
     for t in tests:
         console.print(t.summary(), soft_wrap=True, highlight=False)
