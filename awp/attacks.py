@@ -52,7 +52,9 @@ LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "kl": kl_from_natural, "margin
 class ThreatModel(Protocol):
     max_eps: float  # the largest radius that means something for images in [0, 1]
 
-    def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor: ...
+    def random_delta(
+        self, x: Tensor, eps: float, generator: torch.Generator | None, l2_start: str = "reference"
+    ) -> Tensor: ...
     def ascend(self, grad: Tensor, step_size: float) -> Tensor: ...
     def project(self, delta: Tensor, eps: float) -> Tensor: ...
 
@@ -73,8 +75,11 @@ def _rand(shape: torch.Size, x: Tensor, generator: torch.Generator | None, norma
 class Linf:
     max_eps = 1.0  # every pixel is in [0, 1]: a larger L-inf radius is eps meant as eps/255
 
-    def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-        # Alg. 1 line 10 / Alg. 2 line 6: x' = x + eps * delta, delta ~ Uniform(-1, 1)
+    def random_delta(
+        self, x: Tensor, eps: float, generator: torch.Generator | None, l2_start: str = "reference"
+    ) -> Tensor:
+        # Alg. 1 line 10 / Alg. 2 line 6: x' = x + eps * delta, delta ~ Uniform(-1, 1) per pixel, as the
+        # reference's `delta.uniform_(-epsilon, epsilon)`; `l2_start` is for L2 only.
         return eps * (2 * _rand(x.shape, x, generator, normal=False) - 1)
 
     def ascend(self, grad: Tensor, step_size: float) -> Tensor:
@@ -84,15 +89,37 @@ class Linf:
         return delta.clamp(-eps, eps)  # Pi_eps for L-inf
 
 
+# L2 random starts: delta = eps * r * g / ||g|| with g ~ N(0, I) (a uniform direction) and r = radius(u, d),
+# u ~ U(0, 1) per example, d = pixels per example. A registry, so a new start is one entry.
+L2Radius = Callable[[Tensor, int], Tensor]
+L2_STARTS: dict[str, L2Radius] = {
+    # The reference's (csdongxian/AWP and Rice et al.'s `attack_pgd`, norm "l_2": `delta.normal_()`, then
+    # `delta *= r / ||delta|| * epsilon` with r ~ U(0, 1)): the radius is uniform in [0, eps], so starts
+    # fill the ball radially and most lie well inside it.
+    "reference": lambda u, d: u,
+    # Uniform in the L2 ball (volume): radius eps * u^(1/d). In d = 3,072 (CIFAR) u^(1/d) > 0.998 for all
+    # but 0.2% of draws, so every start lies on the sphere.
+    "ball": lambda u, d: u.pow(1.0 / d),
+}
+
+
+def l2_start_radius(name: str) -> L2Radius:
+    """The L2 start registered as `name`; an unknown name is a one-line `UserError` listing the known ones."""
+    if name not in L2_STARTS:
+        raise UserError(f"unknown L2 random start {name!r}; accepted: {', '.join(L2_STARTS)}")
+    return L2_STARTS[name]
+
+
 class L2:
     max_eps = float("inf")  # the L2 diameter of [0, 1]^d grows with d: no bound independent of the data
 
-    def random_delta(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-        # Uniform in the L2 ball: a Gaussian direction, radius eps * u^(1/d).
-        g = _rand(x.shape, x, generator, normal=True)
-        u = _rand(torch.Size([x.shape[0]]), x, generator, normal=False)
-        d = x[0].numel()
-        radius = (eps * u.pow(1.0 / d)).view(-1, *([1] * (x.dim() - 1)))
+    def random_delta(
+        self, x: Tensor, eps: float, generator: torch.Generator | None, l2_start: str = "reference"
+    ) -> Tensor:
+        radius_of = l2_start_radius(l2_start)
+        g = _rand(x.shape, x, generator, normal=True)  # the direction first, then the radius: one draw order
+        u = _rand(torch.Size([x.shape[0]]), x, generator, normal=False)  # for every start
+        radius = (eps * radius_of(u, x[0].numel())).view(-1, *([1] * (x.dim() - 1)))
         return g / _per_example_norm(g).clamp_min(1e-12) * radius
 
     def ascend(self, grad: Tensor, step_size: float) -> Tensor:
@@ -115,16 +142,20 @@ def threat_model(norm: str) -> ThreatModel:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """A PGD attack: `eps` radius and `step_size` (the paper's eta1) in pixel units, `steps` (K1)."""
+    """A PGD attack: `eps` radius and `step_size` (the paper's eta1) in pixel units, `steps` (K1);
+    `l2_start` is the L2 random start of `L2_STARTS` (ignored for L-inf). A config stored before
+    `l2_start` existed loads with the default."""
 
     norm: str = "linf"
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
     random_start: bool = True
+    l2_start: str = "reference"  # the reference code's radius ~ U(0, eps); "ball": uniform in the ball
 
     def __post_init__(self) -> None:
         tm = threat_model(self.norm)
+        l2_start_radius(self.l2_start)
         if not self.eps >= 0:
             raise UserError(f"eps must be >= 0, got {self.eps}")
         if self.eps > tm.max_eps:
@@ -156,10 +187,12 @@ def model_mode(model: nn.Module, train: bool | None) -> Iterator[None]:
             m.training = t
 
 
-def random_start(x: Tensor, eps: float, norm: str = "linf", generator: torch.Generator | None = None) -> Tensor:
-    """A random start delta inside the eps-ball; pass it as `delta0` to reuse one start across models
-    (the landscape's common random numbers)."""
-    return threat_model(norm).random_delta(x, eps, generator)
+def random_start(
+    x: Tensor, eps: float, norm: str = "linf", generator: torch.Generator | None = None, l2_start: str = "reference"
+) -> Tensor:
+    """A random start delta inside the eps-ball (`l2_start`: which L2 start, see `L2_STARTS`); pass it
+    as `delta0` to reuse one start across models (the landscape's common random numbers)."""
+    return threat_model(norm).random_delta(x, eps, generator, l2_start)
 
 
 def pgd(
@@ -176,17 +209,19 @@ def pgd(
     delta0: Tensor | None = None,
     generator: torch.Generator | None = None,
     train_mode: bool | None = None,
+    l2_start: str = "reference",
 ) -> Tensor:
     """PGD (Eq. 14): `steps` ascent steps of size `step_size` on `loss_fn`, projected onto the eps-ball
     and [0, 1]. Returns detached adversarial inputs shaped like `x` [B, C, H, W].
 
-    `delta0` fixes the random start (else one is drawn from `generator` when `random_start`).
+    `delta0` fixes the random start (else one is drawn from `generator` when `random_start`, for L2
+    from the `l2_start` distribution of `L2_STARTS`).
     `train_mode` None keeps the model's mode (the reference AT code attacks in train mode);
     True/False switch for the attack and restore the caller's mode afterwards.
     """
     tm = threat_model(norm)
     if delta0 is None:
-        delta0 = tm.random_delta(x, eps, generator) if random_start and eps > 0 else torch.zeros_like(x)
+        delta0 = tm.random_delta(x, eps, generator, l2_start) if random_start and eps > 0 else torch.zeros_like(x)
     x = x.detach()
     x_adv = (x + tm.project(delta0, eps)).clamp(0.0, 1.0)
     with model_mode(model, train_mode), torch.enable_grad():

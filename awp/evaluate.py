@@ -49,7 +49,8 @@ def attacked_batches(
     with model_mode(model, train=False):
         for x, y in batches(ds, batch_size, device=device):
             x_adv = pgd(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
-                        norm=attack.norm, random_start=attack.random_start, generator=gen)
+                        norm=attack.norm, random_start=attack.random_start, generator=gen,
+                        l2_start=attack.l2_start)
             yield x, y, x_adv
 
 

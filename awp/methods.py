@@ -23,6 +23,7 @@ def pgd_ce_adversary(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfi
     return pgd(
         model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
         loss_fn=cross_entropy, random_start=attack.random_start, generator=generator, train_mode=None,
+        l2_start=attack.l2_start,
     )
 
 

@@ -7,6 +7,7 @@ bitwise what an uninterrupted run computes (on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from awp.schedules import ScheduleSpec, learning_rate
 from awp.safeio import check_output, exclusive, hdf5_format
 from awp.stopping import graceful_stop, stop_requested
 from awp.store import FORMAT, ResumeState, RunReader, commit_epoch, create_run, open_run, remove_stale_tmp, set_status
-from awp.trainconfig import TrainConfig, config_diff, to_flat, validate
+from awp.trainconfig import TrainConfig, clean_pass, config_diff, to_flat, validate
 
 
 class NonFiniteLoss(UserError):
@@ -82,14 +83,18 @@ def train_step(
     generator: torch.Generator | None,
     awp: AWPConfig | None = None,
     awp_params: Params | None = None,
+    bn_clean: str = "reference",
 ) -> StepResult:
     """One SGD step of `method` on (x [B, C, H, W], y [B]); with `awp`, Algorithm 2 lines 4-15.
 
-    The model is in train mode; attacks run in train mode like the reference AT code. The natural
-    accuracy is measured at w with BatchNorm statistics left alone.
+    The model is in train mode; attacks run in train mode like the reference AT code, so BatchNorm
+    running statistics follow the K1 PGD batches and the training batch x'. `bn_clean` (`CLEAN_PASSES`)
+    says where the natural accuracy is measured: "reference", a train-mode forward on x after the step,
+    at the new weights, whose batch statistics enter the running ones (the reference's "Train Acc"
+    pass); "frozen", at w before the step with the running statistics restored afterwards.
     """
-    with torch.no_grad(), frozen_batchnorm(model):
-        nat_correct = int((model(x).argmax(1) == y).sum())
+    cp = clean_pass(bn_clean)
+    nat_correct = 0 if cp.after_step else _natural_correct(model, x, y, cp.updates_bn)
     if awp is None:
         x_adv = method.adversary(model, x, y, attack, generator)  # Eq. 9 at w
         out = method.loss(model, x, x_adv, y)
@@ -110,9 +115,18 @@ def train_step(
     # Eq. 11: w <- (w + v) - eta3 * grad - v = w - eta3 * grad, applied at the exactly restored w. (The
     # reference steps at w + v and then subtracts v; with weight decay the two differ by eta3 * wd * v.)
     opt.step()
+    if cp.after_step:
+        nat_correct = _natural_correct(model, x, y, cp.updates_bn)
     loss = float(out.loss.detach())
-    adv_correct = int((out.logits_adv.detach().argmax(1) == y).sum())
+    adv_correct = int((out.logits_adv.detach().argmax(1) == y).sum())  # on the training attack's x' (at w + v under AWP)
     return StepResult(loss * len(y), nat_correct, adv_correct, len(y))
+
+
+def _natural_correct(model: nn.Module, x: Tensor, y: Tensor, updates_bn: bool) -> int:
+    """Correct predictions on the clean batch in the model's (train) mode; unless `updates_bn`,
+    BatchNorm running statistics are left as they were."""
+    with torch.no_grad(), (contextlib.nullcontext() if updates_bn else frozen_batchnorm(model)):
+        return int((model(x).argmax(1) == y).sum())
 
 
 class StepObserver(Protocol):
@@ -121,10 +135,13 @@ class StepObserver(Protocol):
 
 @dataclass
 class EpochResult:
+    """Running means over the epoch's minibatches, in train mode, as the weights moved (the paper's
+    "training robustness" is `fit_adv_acc`: accuracy on the training attack's x', at w + v under AWP)."""
+
     lr: float
     fit_loss: float
-    fit_nat_acc: float
-    fit_adv_acc: float
+    fit_nat_acc: float  # on the clean batches, per `bn_clean`
+    fit_adv_acc: float  # on the training attack's examples (K1 steps, train mode)
     awp_on: bool
     seconds: float
     bad_step: int | None = None  # first step whose loss was NaN/inf
@@ -164,7 +181,8 @@ def train_epoch(
         first_lr = lr if first_lr is None else first_lr
         for group in opt.param_groups:
             group["lr"] = lr
-        r = train_step(model, opt, method, x, y, cfg.attack, attack_gen, cfg.awp if use_awp else None, params)
+        r = train_step(model, opt, method, x, y, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
+                       bn_clean=cfg.bn_clean)
         if not math.isfinite(r.loss_sum):
             return EpochResult(lr, math.nan, math.nan, math.nan, use_awp, time.perf_counter() - t0, bad_step=it + 1)
         total = total.add(r)
@@ -184,8 +202,9 @@ def train_epoch(
 
 
 def evaluate_epoch(model: nn.Module, cfg: TrainConfig, data: RunData, epoch: int, device: torch.device) -> dict[str, float]:
-    """Natural and PGD (`eval_steps`) loss/accuracy in eval mode on the train subset, the test set and
-    the validation split; gap = train robust - test robust accuracy (same attack, same mode)."""
+    """Natural and PGD (`eval_steps`) loss/accuracy in eval mode at w on the fixed unaugmented training
+    subset (`train_eval_size`), the test set and the validation split; gap = train robust - test robust
+    accuracy (same attack, same mode). The paper's training robustness is `fit_adv_acc` instead."""
     attack = cfg.eval_attack
     sets = {"train": (data.train_eval, EVAL_TRAIN), "test": (data.test, EVAL_TEST)}
     if data.val is not None:

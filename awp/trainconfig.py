@@ -15,13 +15,54 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from awp.attacks import AttackConfig, threat_model
+from awp.attacks import AttackConfig, l2_start_radius, threat_model
 from awp.config import check_seed, parse_fraction
 from awp.data import dataset_info
 from awp.errors import UserError
 from awp.methods import get_method
 from awp.perturb import AWPConfig
 from awp.schedules import check_milestones, get_schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# The clean batch in a training step: what BatchNorm's running statistics see (`bn_clean`)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CleanPass:
+    """How a training step measures natural accuracy on its clean batch. `after_step`: at the updated
+    weights (else at w, before the step); `updates_bn`: a plain train-mode forward whose BatchNorm
+    running statistics take the clean batch in (else they are saved and restored around it)."""
+
+    after_step: bool
+    updates_bn: bool
+    summary: str
+
+
+CLEAN_PASSES: dict[str, CleanPass] = {
+    # csdongxian/AWP AT_AWP/train_*.py (and Rice et al.'s train_cifar.py): after `opt.step()` (and the AWP
+    # restore) `output = model(normalize(X))` runs in train mode for "Train Acc". Per step BN running stats
+    # (momentum 0.1) then see K1 + 2 = 12 adversarial batches (PGD-10, its final loss pass, the training
+    # pass) and 1 clean one: 1/13 of the forwards, but as the last it holds 0.1 / (1 - 0.9^13) ~ 13% of
+    # the running average that eval mode uses.
+    "reference": CleanPass(True, True, "a train-mode forward on the clean batch after each step, as the reference"),
+    # This project's first behaviour: BN running statistics only ever see adversarial batches.
+    "frozen": CleanPass(False, False, "natural accuracy before the step with BatchNorm statistics frozen"),
+}
+
+
+def clean_pass(name: str) -> CleanPass:
+    """The `--bn-clean` behaviour registered as `name`; an unknown name is a one-line `UserError`."""
+    if name not in CLEAN_PASSES:
+        raise UserError(f"unknown --bn-clean {name!r}; accepted: {', '.join(CLEAN_PASSES)}")
+    return CLEAN_PASSES[name]
+
+
+# Values a run file written before an option existed was trained with (not today's defaults), so that
+# resuming it, or a demo reusing it, sees the difference instead of silently switching behaviour.
+LEGACY_VALUES: dict[str, Any] = {"bn_clean": "frozen"}
+LEGACY_ATTACK_VALUES: dict[str, Any] = {"l2_start": "ball"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +80,7 @@ class TrainConfig:
     eval_step_size: float = 2 / 255
     awp: AWPConfig = AWPConfig()  # gamma, K2, eta2, A (Algorithm 2)
     awp_warmup: int = 0  # epochs of plain AT before AWP starts
+    bn_clean: str = "reference"  # CLEAN_PASSES: the clean train-mode forward after each step, as the reference
     epochs: int = 200
     batch_size: int = 128
     eval_batch_size: int = 256
@@ -69,10 +111,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        """The inverse of `to_dict`; a stored config that does not fit is a one-line `UserError`."""
+        """The inverse of `to_dict`; a stored config that does not fit is a one-line `UserError`. Options
+        a config stored by an earlier version lacks take `LEGACY_VALUES`, what that version did."""
         try:
-            d = dict(d)
-            d["attack"] = AttackConfig(**d["attack"])
+            d = {**LEGACY_VALUES, **d}
+            d["attack"] = AttackConfig(**{**LEGACY_ATTACK_VALUES, **d["attack"]})
             d["awp"] = AWPConfig(**d["awp"])
             d["lr_milestones"] = tuple(d["lr_milestones"])
             return cls(**d)
@@ -90,6 +133,7 @@ NESTED: dict[str, tuple[str, str]] = {
     "eps": ("attack", "eps"),
     "train_steps": ("attack", "steps"),
     "train_step_size": ("attack", "step_size"),
+    "l2_start": ("attack", "l2_start"),
     "gamma": ("awp", "gamma"),
     "awp_steps": ("awp", "steps"),
     "awp_step_size": ("awp", "step_size"),
@@ -101,10 +145,10 @@ NESTED: dict[str, tuple[str, str]] = {
 _STR, _INT, _FRAC, _BOOL, _DICT, _FLOATS = "str", "int", "fraction", "bool", "dict", "floats"
 KINDS: dict[str, str] = {
     "dataset": _STR, "data_dir": _STR, "arch": _STR, "arch_kwargs": _DICT, "method": _STR,
-    "norm": _STR, "eps": _FRAC, "train_steps": _INT, "train_step_size": _FRAC,
+    "norm": _STR, "eps": _FRAC, "train_steps": _INT, "train_step_size": _FRAC, "l2_start": _STR,
     "eval_steps": _INT, "eval_step_size": _FRAC,
     "gamma": _FRAC, "awp_steps": _INT, "awp_step_size": _FRAC, "awp_alternations": _INT,
-    "awp_include_1d": _BOOL, "awp_warmup": _INT,
+    "awp_include_1d": _BOOL, "awp_warmup": _INT, "bn_clean": _STR,
     "epochs": _INT, "batch_size": _INT, "eval_batch_size": _INT,
     "lr": _FRAC, "lr_schedule": _STR, "lr_milestones": _FLOATS, "momentum": _FRAC, "weight_decay": _FRAC,
     "train_size": _INT, "train_eval_size": _INT, "val_split": _FRAC, "test_size": _INT,
@@ -229,7 +273,8 @@ _NONNEG, _POSITIVE = _at_least(0), _at_least(1)
 CHECKS: dict[str, Check] = {
     **{name: _fraction for name, kind in KINDS.items() if kind == _FRAC},
     "dataset": _lookup(dataset_info), "method": _lookup(get_method), "lr_schedule": _lookup(get_schedule),
-    "norm": _lookup(threat_model), "lr_milestones": _milestones, "momentum": _unit_interval, "val_split": _unit_interval,
+    "norm": _lookup(threat_model), "l2_start": _lookup(l2_start_radius), "bn_clean": _lookup(clean_pass),
+    "lr_milestones": _milestones, "momentum": _unit_interval, "val_split": _unit_interval,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "awp_steps": _POSITIVE,
     "awp_alternations": _POSITIVE, "train_steps": _NONNEG, "eval_steps": _NONNEG, "awp_warmup": _NONNEG,
     "train_size": _NONNEG, "train_eval_size": _NONNEG, "test_size": _NONNEG, "save_every": _NONNEG,
@@ -287,7 +332,9 @@ def validate(cfg: TrainConfig) -> None:
 
 _CIFAR = {
     "arch": "preactresnet18", "epochs": 200, "batch_size": 128, "eval_batch_size": 256, "lr": 0.1,
-    "gamma": 5e-3,  # Section 5.1 / Appendix F
+    # gamma where GAMMA_DEFAULTS has no (dataset, arch) entry (VGG-19, WideResNets on CIFAR-100/SVHN):
+    # the 5e-3 of Section 5.1 / Appendix F.
+    "gamma": 5e-3,
     "awp_warmup": 0, "eval_steps": 20, "train_size": 0, "train_eval_size": 1000, "test_size": 0, "save_every": 10,
 }
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -303,7 +350,25 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "cifar10": _CIFAR,
     "cifar100": _CIFAR,
-    "svhn": {**_CIFAR, "lr": 0.01},  # Rice et al.'s SVHN learning rate
+    "svhn": {**_CIFAR, "lr": 0.01},  # Rice et al.'s SVHN learning rate (also csdongxian/AWP train_svhn.py)
+}
+
+# gamma (Eq. 8) per (dataset, arch), over DATASET_DEFAULTS' "gamma" (digits: 0.01 for any arch); only
+# when --gamma is not given.
+GAMMA_DEFAULTS: dict[tuple[str, str], float] = {
+    ("cifar10", "preactresnet18"): 1e-2,  # Section 4.4 / Table 1: PreAct ResNet-18, gamma = 1e-2
+    ("cifar100", "preactresnet18"): 1e-2,  # Section 4.4 / Table 1
+    ("svhn", "preactresnet18"): 1e-2,  # Section 4.4 / Table 1
+    ("cifar10", "wrn34_10"): 5e-3,  # Section 5.1: WideResNet-34-10 (AT, TRADES, MART), gamma = 5e-3
+    ("cifar10", "wrn28_10"): 5e-3,  # Section 5.1: WideResNet-28-10 (Pre-training, RST)
+}
+
+# AWP warm-up epochs per (dataset, norm), over DATASET_DEFAULTS' "awp_warmup"; only when not given.
+WARMUP_DEFAULTS: dict[tuple[str, str], int] = {
+    # csdongxian/AWP train_svhn.py `--awp-warmup 5`; its logs: svhn_linf "awp(0.01+5warmup)" ran with
+    # awp_warmup=5, svhn_l2 with awp_warmup=0 (CIFAR-10/100 0 for both norms).
+    ("svhn", "linf"): 5,
+    ("svhn", "l2"): 0,
 }
 
 # (eps, training step size) per (dataset, norm); a user-set eps without a step size keeps the ratio.
@@ -360,7 +425,12 @@ def resolve_config(
     dataset_info(dataset)
     norm = user.get("norm", "linf")
     threat_model(norm)
-    base = DATASET_DEFAULTS.get(dataset, {})
+    base = dict(DATASET_DEFAULTS.get(dataset, {}))
+    arch = user.get("arch", base.get("arch", TrainConfig.arch))
+    if (dataset, arch) in GAMMA_DEFAULTS:
+        base["gamma"] = GAMMA_DEFAULTS[(dataset, arch)]
+    if (dataset, norm) in WARMUP_DEFAULTS:
+        base["awp_warmup"] = WARMUP_DEFAULTS[(dataset, norm)]
     eps_default, step_default = THREAT_DEFAULTS.get((dataset, norm), (None, None))
     eps = user.get("eps", eps_default)
     if eps is None or ("train_step_size" not in user and step_default is None):

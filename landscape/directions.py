@@ -77,23 +77,21 @@ def random_direction(
     """Direction k (Alg. 1 line 2: d ~ N(0, I)), normalized per `normalize` (lines 3-7).
 
     Returns float32 CPU tensors keyed like `params`. Parameters with dim <= 1 (biases, BatchNorm
-    affine) get a zero direction unless `include_1d`; then each entry is its own "filter"
-    (the same dim-0 rule). Norms are taken from a CPU float copy of the weights, so the result
-    is identical wherever the model lives.
+    affine) draw no random numbers: their direction is zero, or with `include_1d` the weight itself,
+    d_l = w_l, as Li et al. do (loss-landscape `net_plotter.normalize_directions_for_weights`, which
+    copies w into the direction of every 1-D parameter whatever the normalization). Norms are taken
+    from a CPU float copy of the weights, so the result is identical wherever the model lives.
     """
     norm_fn = normalization(normalize)
     out: Direction = {}
     for name, p in params.items():
         w = p.detach().to("cpu", torch.float32)
-        if w.dim() <= 1 and not include_1d:
-            out[name] = torch.zeros_like(w)  # Li et al.: biases and BN stay put
+        if w.dim() <= 1:
+            # Li et al.: biases and BN stay put (d_l = 0), or with include_1d move along themselves (d_l = w_l).
+            out[name] = w.clone() if include_1d else torch.zeros_like(w)
             continue
         gen = torch.Generator(device="cpu").manual_seed(parameter_seed(seed, k, name))
         d = torch.randn(w.shape, generator=gen, dtype=torch.float32)
-        if w.dim() <= 1:
-            d, w = d.reshape(-1, 1), w.reshape(-1, 1)  # one "filter" per entry
-            out[name] = norm_fn(d, w).reshape(p.shape)
-        else:
-            out[name] = norm_fn(d, w)
+        out[name] = norm_fn(d, w)
     return out
 

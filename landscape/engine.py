@@ -3,12 +3,14 @@
 The model is moved in place (`perturbed`) and put back bitwise from one saved copy of its
 parameters; it is never deep-copied. Each point runs Alg. 1 lines 9-15 on fixed batches with a
 fixed random start per example (common random numbers), so two points differ only by their
-weights. Results are sums and counts (`awp.evaluate.EvalSums`): exact across batches and shards.
+weights. Results are sums and counts (`PointSums`: `awp.evaluate.EvalSums` plus sums of squared
+per-example losses, for standard errors over examples): exact across batches and shards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator, Mapping, Sequence
 
@@ -116,7 +118,7 @@ def fixed_batches(
     out = []
     for x, y in iter_batches(ds, batch_size):
         if attack_active(attack) and attack.random_start:
-            delta0 = random_start(x, attack.eps, attack.norm, gen)  # Alg. 1 line 10: x + eps * U(-1, 1)
+            delta0 = random_start(x, attack.eps, attack.norm, gen, l2_start=attack.l2_start)  # Alg. 1 line 10
         else:
             delta0 = torch.zeros_like(x)
         out.append(ProbeBatch(x.to(device), y.to(device), delta0.to(device)))
@@ -143,17 +145,55 @@ def adversarial_examples(model: nn.Module, batches: Sequence[ProbeBatch], attack
         ]
 
 
+def mean_se(total: float, total_sq: float, n: int) -> float:
+    """Standard error of a mean over n examples from the sum and the sum of squares of their values:
+    the sample standard deviation (ddof 1) over sqrt(n). NaN for n < 2 (no spread is measurable from
+    one example) and wherever the sums are not finite. For 0/1 values (accuracies) total_sq = total,
+    and this is sqrt(p (1 - p) / (n - 1))."""
+    if n < 2 or not (math.isfinite(total) and math.isfinite(total_sq)):
+        return float("nan")
+    var = max(0.0, (total_sq - total * total / n) / (n - 1))  # rounding can leave -1e-17 for equal values
+    return math.sqrt(var / n)
+
+
+@dataclass
+class PointSums(EvalSums):
+    """`EvalSums` of one point plus the sums of squared per-example cross-entropies, so that `reduce()`
+    also gives the standard error over examples of each mean (`*_se`). Still plain sums: they add
+    exactly across batches and ranks. Correct counts need no square: 0/1 squared is itself."""
+
+    nat_loss_sq: float = 0.0
+    adv_loss_sq: float = 0.0
+
+    def astuple(self) -> tuple:
+        return (*super().astuple(), self.nat_loss_sq, self.adv_loss_sq)
+
+    def add(self, other: "PointSums") -> "PointSums":
+        return PointSums(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+
+    def reduce(self) -> dict[str, float]:
+        out = super().reduce()
+        out.update(
+            nat_loss_se=mean_se(self.nat_loss, self.nat_loss_sq, self.n),
+            nat_acc_se=mean_se(self.nat_correct, self.nat_correct, self.n),
+            adv_loss_se=mean_se(self.adv_loss, self.adv_loss_sq, self.n),
+            adv_acc_se=mean_se(self.adv_correct, self.adv_correct, self.n),
+        )
+        return out
+
+
 def evaluate_point(
     model: nn.Module,
     batches: Sequence[ProbeBatch],
     attack: AttackConfig,
     fixed_adv: Sequence[Tensor] | None = None,
-) -> EvalSums:
+) -> PointSums:
     """Sums for rho at the model's current weights, in eval mode: PGD on the fly against these
     weights (or the given `fixed_adv` examples), then one forward pass over [x; x_adv] gives the
-    natural and adversarial cross-entropy (Alg. 1 line 15, summed) and both accuracies."""
+    natural and adversarial cross-entropy per example (Alg. 1 line 15), summed and summed squared
+    (for the standard error over examples), and both accuracies."""
     active = attack_active(attack)
-    acc = None  # [nat_loss, nat_correct, adv_loss, adv_correct] summed on the device: one sync per point
+    acc = None  # the 6 sums below, on the device: one sync per point
     n = 0
     with model_mode(model, train=False):
         for i, b in enumerate(batches):
@@ -169,16 +209,20 @@ def evaluate_point(
                     logits_nat = logits_adv = model(b.x)
                 else:  # eval mode: each example's logits do not depend on the rest of the batch
                     logits_nat, logits_adv = model(torch.cat([b.x, x_adv])).split(len(b.y))
+                ce_nat = cross_entropy(logits_nat, b.y).double()  # [B] per example
+                ce_adv = ce_nat if logits_adv is logits_nat else cross_entropy(logits_adv, b.y).double()
                 row = torch.stack([  # correct counts are NaN if any logit is NaN/inf (argmax would say class 0)
-                    cross_entropy(logits_nat, b.y).double().sum(),
+                    ce_nat.sum(),
                     correct_sum(logits_nat, b.y),
-                    cross_entropy(logits_adv, b.y).double().sum(),  # Eq. 5 / Alg. 1 line 15 (summed)
+                    ce_adv.sum(),  # Eq. 5 / Alg. 1 line 15 (summed)
                     correct_sum(logits_adv, b.y),
+                    ce_nat.square().sum(),
+                    ce_adv.square().sum(),
                 ])
             acc = row if acc is None else acc + row
             n += len(b.y)
-    nat_loss, nat_correct, adv_loss, adv_correct = acc.tolist()
-    return EvalSums(n, nat_loss, exact_count(nat_correct), adv_loss, exact_count(adv_correct))
+    nat_loss, nat_correct, adv_loss, adv_correct, nat_sq, adv_sq = acc.tolist()
+    return PointSums(n, nat_loss, exact_count(nat_correct), adv_loss, exact_count(adv_correct), nat_sq, adv_sq)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +305,7 @@ def evaluate_at(
     bn: str = "eval",
     bn_inputs: Sequence[Tensor] = (),
     fixed_adv: Sequence[Tensor] | None = None,
-) -> EvalSums:
+) -> PointSums:
     """rho and friends at w + sum_i coefs[i] d_i (Eq. 5): set weights, apply the BN mode, evaluate,
     restore weights and buffers."""
     with perturbed(model, directions, coefs, base), bn_mode(bn)(model, bn_inputs):
@@ -279,7 +323,7 @@ def sweep(
     bn: str = "eval",
     bn_inputs: Sequence[Tensor] = (),
     fixed_adv: Sequence[Tensor] | None = None,
-) -> Iterator[tuple[int, EvalSums]]:
+) -> Iterator[tuple[int, PointSums]]:
     """Evaluate the points coords[i] (a row of coefficients, one per direction: [P, len(directions)])
     in order, yielding (i, sums) as each finishes, so callers can show progress and flush."""
     coords = np.asarray(coords, dtype=np.float64).reshape(len(coords), -1)

@@ -108,8 +108,6 @@ def landscapes_png(analyses: list[RunAnalysis], path: Path) -> Path:
     mean (over directions and examples, `mean_curves`)."""
     from matplotlib.patches import Patch
 
-    from landscape.metrics import BAND_Z
-
     fig, axes = plt.subplots(len(analyses), 2, figsize=(10, 3.6 * len(analyses)), squeeze=False, sharey=True,
                              constrained_layout=True)
     top = max(1, max(int(a.epochs.max()) for a in analyses))
@@ -144,8 +142,6 @@ def landscape_slider_fig(a: RunAnalysis):
     over directions and examples (`mean_curves`) for the mean, each direction's over examples for the
     directions (one faint trace per epoch for all of them)."""
     import plotly.graph_objects as go
-
-    from landscape.metrics import BAND_Z
 
     adv, adv_se = a.landscapes.values["adv_loss"], a.landscapes.values["adv_loss_se"]  # [C, D, A]
     alphas = a.landscapes.alphas

@@ -14,8 +14,9 @@ from awp.config import check_allocation, parse_fraction
 from awp.errors import UserError
 
 MIN_AXIS_POINTS = 2  # one point per axis is not a plane (and the old 1x1 was just the corner (-1, -1))
-# Bytes per grid point of the results: four float64 metric grids, the `done` mask, and the relative grid.
-BYTES_PER_POINT = 4 * 8 + 1 + 8
+# Bytes per grid point of the results: four float64 metric grids and their four standard errors, the
+# `done` mask, and the relative grid.
+BYTES_PER_POINT = 8 * 8 + 1 + 8
 
 
 def _axis(lo: float, hi: float, n: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 A curve is rho(w + alpha d) sampled at `alphas` [A]; a probe has one per direction [D, A].
 Three numbers summarize how sharp the landscape is around w (Figure 1 reads it by eye):
 the rise at a fixed |alpha|, its spread across directions (Appendix B.2's repeatability),
-and the curvature of a quadratic fitted near alpha = 0.
+and the curvature of a quadratic fitted near alpha = 0. The rise also gets a standard error from
+the example noise of its points (`rise_se`): how much a different sample of examples would move it.
 """
 
 from __future__ import annotations
@@ -23,22 +24,95 @@ def default_radius(alphas: np.ndarray) -> float:
     return float(min(abs(alphas.min()), abs(alphas.max())) / 2)
 
 
-def value_at(alphas: np.ndarray, curves: np.ndarray, at: float) -> np.ndarray:
-    """rho(at) for each curve [..., A] by linear interpolation between grid points -> [...]."""
+def _bracket(alphas: np.ndarray, at: float) -> tuple[int, float]:
+    """(j, t) with at = (1 - t) alphas[j - 1] + t alphas[j]; a one-line error outside the range."""
     alphas = np.asarray(alphas, dtype=float)
-    curves = np.asarray(curves, dtype=float)
     if not alphas.min() <= at <= alphas.max():
         raise UserError(f"alpha {at:g} lies outside the probed range [{alphas.min():g}, {alphas.max():g}]; "
                         f"the sharpness --radius can be at most {max_radius(alphas):g} here")
     j = int(np.clip(np.searchsorted(alphas, at), 1, len(alphas) - 1))
     a0, a1 = alphas[j - 1], alphas[j]
-    t = (at - a0) / (a1 - a0)
+    return j, (at - a0) / (a1 - a0)
+
+
+def value_at(alphas: np.ndarray, curves: np.ndarray, at: float) -> np.ndarray:
+    """rho(at) for each curve [..., A] by linear interpolation between grid points -> [...]."""
+    curves = np.asarray(curves, dtype=float)
+    j, t = _bracket(alphas, at)
     return (1 - t) * curves[..., j - 1] + t * curves[..., j]
 
 
 def rise(alphas: np.ndarray, curves: np.ndarray, radius: float) -> np.ndarray:
     """Rise at |alpha| = r, both sides averaged: (rho(r) + rho(-r)) / 2 - rho(0), per curve [...]."""
     return (value_at(alphas, curves, radius) + value_at(alphas, curves, -radius)) / 2 - value_at(alphas, curves, 0.0)
+
+
+def _variance_at(alphas: np.ndarray, var: np.ndarray, at: float) -> np.ndarray:
+    """Variance of `value_at(alphas, curves, at)` from the point variances var [..., A], the two grid
+    points taken as independent: (1 - t)^2 var_{j-1} + t^2 var_j."""
+    var = np.asarray(var, dtype=float)
+    j, t = _bracket(alphas, at)
+    return (1 - t) ** 2 * var[..., j - 1] + t**2 * var[..., j]
+
+
+def rise_se(alphas: np.ndarray, se: np.ndarray, radius: float) -> np.ndarray:
+    """Standard error over examples of `rise` per curve [...], from the point standard errors se [..., A]
+    (`adv_loss_se`), the points taken as independent:
+
+        se(rise)^2 = se(rho(r))^2 / 4 + se(rho(-r))^2 / 4 + se(rho(0))^2,
+
+    an interpolated value's variance being (1 - t)^2 se_{j-1}^2 + t^2 se_j^2 from its two grid points.
+    The points share their examples (common random numbers), so they are positively correlated. With
+    equal variances s^2 and one correlation c the rise's true variance is 1.5 s^2 (1 - c) <= 1.5 s^2:
+    independence errs on the large side. Between grid points it errs the other way (neighbours
+    correlate), by at most a factor 2 in that term's variance at t = 1/2. An estimate, not a bound."""
+    var = np.square(np.asarray(se, dtype=float))
+    return np.sqrt(_variance_at(alphas, var, radius) / 4 + _variance_at(alphas, var, -radius) / 4
+                   + _variance_at(alphas, var, 0.0))
+
+
+def mean_rise_se(alphas: np.ndarray, se: np.ndarray, radius: float) -> float:
+    """Standard error over examples of the mean rise over D directions, from se [D, A] (`rise_se`'s
+    assumptions). rho(0) is one and the same point for every direction (w itself, the same examples
+    and starts), so its variance enters once, not divided by D:
+
+        se^2 = sum_k (se(rho_k(r))^2 + se(rho_k(-r))^2) / (4 D^2) + se(rho(0))^2.
+
+    Only the example noise at these directions: the spread over directions is `rise_std`. NaN when a
+    direction lacks its standard errors, or for no direction."""
+    var = np.square(np.asarray(se, dtype=float).reshape(-1, len(alphas)))
+    if len(var) == 0:
+        return float("nan")
+    off = (_variance_at(alphas, var, radius) + _variance_at(alphas, var, -radius)) / 4  # [D]
+    return float(np.sqrt(off.sum() / len(var) ** 2 + _variance_at(alphas, var, 0.0).mean()))
+
+
+BAND_Z = 1.96  # figures draw bands of +-1.96 standard errors: a normal 95% interval per point
+
+
+def mean_curve(curves: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over complete directions of curves [D, A] (rows with any NaN are left out) and its
+    standard error [A], from the spread over directions and the example standard errors se [D, A]:
+
+        se(mean)^2 = s_dir^2 / D + mean_k se_k^2    (D >= 2; se_k itself for D = 1)
+
+    s_dir (sample std over directions, ddof 1) carries how much the direction matters and the part of
+    the example noise that differs between directions. Every direction uses the same examples, so
+    the example noise they share never shows in s_dir (at alpha = 0 all directions are w itself and
+    s_dir = 0); its variance in the mean is at most mean_k se_k^2 (the variance of an average is at
+    most the average of the variances), the second term. Conservative: noise seen by both terms is
+    counted twice. NaN where no direction is complete or a complete one lacks its standard errors."""
+    curves = np.asarray(curves, dtype=float)
+    se = np.asarray(se, dtype=float).reshape(curves.shape)
+    ok = np.isfinite(curves).all(axis=-1)
+    done, done_se = curves[ok], se[ok]
+    if len(done) == 0:
+        nan = np.full(curves.shape[-1], np.nan)
+        return nan, nan.copy()
+    var = np.square(done_se).mean(axis=0)
+    if len(done) > 1:
+        var = var + done.var(axis=0, ddof=1) / len(done)
+    return done.mean(axis=0), np.sqrt(var)
 
 
 def fit_window(alphas: np.ndarray, fit_radius: float) -> np.ndarray:
@@ -77,6 +151,7 @@ class Sharpness:
     n_dirs: int  # directions that entered the means
     radius: float
     fit_radius: float
+    rise_se: float = float("nan")  # standard error over examples of `rise` (`mean_rise_se`); NaN without SEs
 
     def asdict(self) -> dict[str, float]:
         return asdict(self)
@@ -89,10 +164,12 @@ def _mean_std(v: np.ndarray) -> tuple[float, float]:
 
 
 def sharpness(
-    alphas: np.ndarray, curves: np.ndarray, radius: float | None = None, fit_radius: float | None = None
+    alphas: np.ndarray, curves: np.ndarray, radius: float | None = None, fit_radius: float | None = None,
+    se: np.ndarray | None = None,
 ) -> Sharpness:
     """Sharpness of curves [D, A] (rows with any NaN, i.e. directions not yet computed, are left out).
-    Defaults: r = `default_radius(alphas)`, fit window |alpha| <= r / 2."""
+    Defaults: r = `default_radius(alphas)`, fit window |alpha| <= r / 2. With the point standard
+    errors se [D, A], also `rise_se` (NaN if any complete direction lacks them)."""
     alphas = np.asarray(alphas, dtype=float)
     curves = np.asarray(curves, dtype=float).reshape(-1, len(alphas))
     r = default_radius(alphas) if radius is None else float(radius)
@@ -102,7 +179,10 @@ def sharpness(
     curv = curvature(alphas, complete, fr) if len(complete) else np.empty(0)
     rho0 = value_at(alphas, complete, 0.0) if len(complete) else np.empty(0)
     (rm, rs), (cm, cs) = _mean_std(rises), _mean_std(curv)
-    return Sharpness(rm, rs, cm, cs, _mean_std(rho0)[0], len(complete), r, fr)
+    r_se = float("nan")
+    if se is not None:
+        r_se = mean_rise_se(alphas, np.asarray(se, dtype=float).reshape(-1, len(alphas))[np.isfinite(curves).all(axis=1)], r)
+    return Sharpness(rm, rs, cm, cs, _mean_std(rho0)[0], len(complete), r, fr, r_se)
 
 
 def max_radius(alphas: np.ndarray) -> float:

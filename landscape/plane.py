@@ -33,11 +33,13 @@ from landscape.directions import random_direction
 from landscape.grid import GridSpec, parse_grid, parse_range, shard
 from landscape.options import LandscapeOptions
 from landscape.probe import PointBar, probe_data, resolve_attack
-from landscape.results import CheckpointId, open_results, refuse_if_stale
+from landscape.results import CheckpointId, StaleResults, open_results, refuse_if_stale
 
 FORMAT = "awp-landscape-2d"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: standard errors over examples (`*_se`); version 1 files load with them NaN
 VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
+STANDARD_ERRORS = tuple(f"{v}_se" for v in VALUES)  # standard error over examples of each value
+FIELDS = VALUES + STANDARD_ERRORS
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,14 @@ class Plot2DConfig(LandscapeOptions):
 class PlaneResults:
     """A 2-D landscape in memory; `save` writes it out whole, atomically.
 
-    Layout (format "awp-landscape-2d", version 1), every grid [n_alpha, n_beta] (axis 0 = alpha):
+    Layout (format "awp-landscape-2d", version 2), every grid [n_alpha, n_beta] (axis 0 = alpha):
         attrs: format, format_version, config (JSON), checkpoint (JSON: source, epoch, sha256, label),
                runtime (JSON), dims = "alpha,beta"
         /alphas [A], /betas [B], /directions/index [2] (d = 0, e = 1), /directions/seed
         /adv_loss, /nat_loss, /adv_acc, /nat_acc [A, B] float64, NaN until computed; /done [A, B] bool
-        /center/<value> scalars g(0, 0) etc.; /relative [A, B] = |adv_loss - center adv_loss|
+        /adv_loss_se, /nat_loss_se, /adv_acc_se, /nat_acc_se [A, B]: standard error over examples
+        /center/<value> scalars g(0, 0) etc. (and their `_se`); /relative [A, B] = |adv_loss - center adv_loss|
+    Version 1 (no `*_se`) loads with them NaN; `plot2d` does not resume it.
     """
 
     alphas: np.ndarray
@@ -85,10 +89,11 @@ class PlaneResults:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     done: np.ndarray | None = None
     center: dict[str, float] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION  # of the file it was loaded from
 
     def __post_init__(self) -> None:
         shape = (len(self.alphas), len(self.betas))
-        for name in VALUES:
+        for name in FIELDS:
             self.values.setdefault(name, np.full(shape, np.nan))
             self.center.setdefault(name, float("nan"))
         if self.done is None:
@@ -105,10 +110,10 @@ class PlaneResults:
 
     def set_point(self, flat: int, point: dict[str, float]) -> None:
         if flat < 0:
-            self.center.update({k: float(point[k]) for k in VALUES})
+            self.center.update({k: float(point[k]) for k in FIELDS})
             return
         i, j = divmod(int(flat), len(self.betas))
-        for k in VALUES:
+        for k in FIELDS:
             self.values[k][i, j] = point[k]
         self.done[i, j] = True
 
@@ -129,7 +134,7 @@ class PlaneResults:
             f["betas"] = self.betas
             f["directions/index"] = np.array([0, 1], dtype=np.int64)
             f["directions/seed"] = np.full(2, self.config["seed"], dtype=np.int64)
-            for k in VALUES:
+            for k in FIELDS:
                 f[k] = self.values[k]
                 f[f"center/{k}"] = self.center[k]
             f["done"] = self.done
@@ -138,13 +143,25 @@ class PlaneResults:
     @classmethod
     def load(cls, path: Path) -> "PlaneResults":
         with open_results(path, FORMAT, FORMAT_VERSION, "2-D landscape results") as f:
+            version = int(f.attrs.get("format_version", 0))
+            missing = STANDARD_ERRORS if version < 2 else ()  # version 1: no standard errors yet
+            shape = f["done"].shape
             return cls(
                 alphas=f["alphas"][()], betas=f["betas"][()], config=json.loads(f.attrs["config"]),
                 checkpoint=CheckpointId(**json.loads(f.attrs["checkpoint"])),
                 runtime=json.loads(f.attrs.get("runtime", "{}")),
-                values={k: f[k][()] for k in VALUES}, done=f["done"][()].astype(bool),
-                center={k: float(f[f"center/{k}"][()]) for k in VALUES},
+                values={k: np.full(shape, np.nan) if k in missing else f[k][()] for k in FIELDS},
+                done=f["done"][()].astype(bool),
+                center={k: float("nan") if k in missing else float(f[f"center/{k}"][()]) for k in FIELDS},
+                format_version=version,
             )
+
+    def check_resumable(self, path: Path) -> None:
+        """Only a file of this format version is continued: an older one lacks the standard errors."""
+        if self.format_version != FORMAT_VERSION:
+            raise StaleResults(f"{str(path)!r} has 2-D results format version {self.format_version} (no standard "
+                               f"errors); this version resumes only version {FORMAT_VERSION}: pass --overwrite to "
+                               f"recompute it, -o for a new file, or --from to redraw it as it is")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +187,7 @@ def _open_results(cfg: Plot2DConfig, out: Path, spec: GridSpec, config: dict, id
             old = PlaneResults.load(out)
         except UserError:
             raise UserError(f"{str(out)!r} exists and is not a 2-D results file; choose another -o or pass --overwrite") from None
+        old.check_resumable(out)
         same = (old.checkpoint.epoch, old.checkpoint.sha256) == (ident.epoch, ident.sha256)
         refuse_if_stale(out, old.config, config, [] if same else [f"weights (file: {old.checkpoint.label}, now: {ident.label})"])
         return old
@@ -283,18 +301,18 @@ def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console, stack: cont
                 bar.describe("plot2d")
                 for r in range(rounds):
                     chunk = mine[r * cfg.chunk : (r + 1) * cfg.chunk]
-                    rows = torch.full((cfg.chunk, 1 + len(VALUES)), -2.0, dtype=torch.float64)  # -2: padding
+                    rows = torch.full((cfg.chunk, 1 + len(FIELDS)), -2.0, dtype=torch.float64)  # -2: padding
                     for slot, flat in enumerate(chunk):
                         a, b = (0.0, 0.0) if flat < 0 else spec.coords(flat)
                         sums = engine.evaluate_at(model, dirs, [a, b], batches, attack, base=base, bn=cfg.bn,
                                                   bn_inputs=bn_inputs)  # Eq. 5 at w + alpha d + beta e
                         point = sums.reduce()
-                        rows[slot] = torch.tensor([float(flat)] + [point[k] for k in VALUES], dtype=torch.float64)
+                        rows[slot] = torch.tensor([float(flat)] + [point[k] for k in FIELDS], dtype=torch.float64)
                     gathered = dist.gather_rows(ctx, rows)  # one collective per chunk, not per point
                     if ctx.is_main:
                         for row in gathered.tolist():
                             if row[0] >= -1:
-                                results.set_point(int(row[0]), dict(zip(VALUES, row[1:])))
+                                results.set_point(int(row[0]), dict(zip(FIELDS, row[1:])))
                                 bar.advance()
                                 points += 1
                         elapsed = time.perf_counter() - t_compute

@@ -1,5 +1,6 @@
 """The 1-D landscape PNG in the style of Figure 1 / Figure 5: rho(w + alpha d) against alpha, one thin
-line per direction and their mean in bold; several checkpoints coloured along a scale with a colorbar."""
+line per direction and their mean in bold, each with a band of +-1.96 standard errors; several
+checkpoints coloured along a scale with a colorbar."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
+from matplotlib.colors import ListedColormap, Normalize, to_rgb  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 
+from landscape import metrics  # noqa: E402
 from landscape.output import save_png  # noqa: E402
 from landscape.results import ProbeResults  # noqa: E402
 
@@ -50,21 +53,48 @@ def _title(results: ProbeResults) -> str:
 
 def save_probe_png(results: ProbeResults, path: str | Path) -> None:
     """Draw rho against alpha for every checkpoint and direction; NaN (not yet computed) is left blank.
+    Bands are +-1.96 standard errors (`metrics.BAND_Z`): around the mean, of the mean over directions
+    and examples (`metrics.mean_curve`); around each direction, over examples alone (only for a single
+    checkpoint, where they stay legible). Files without standard errors get no bands.
     Written to a temporary file and moved into place."""
     path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    draw_probe(results, ax, fig)
+    fig.tight_layout()
+    save_png(fig, path, dpi=140)
+
+
+def draw_probe(results: ProbeResults, ax, fig) -> dict[str, list]:
+    """The probe's curves and bands on `ax`; returns the artists by kind ("direction", "mean",
+    "direction_band", "mean_band") so that callers and tests can see what was drawn."""
     alphas = results.alphas
     adv = results.values["adv_loss"]  # [C, D, A]
+    adv_se = results.values["adv_loss_se"]  # [C, D, A], NaN in files from before standard errors
     colours, sm, label = _colours(results)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    drawn: dict[str, list] = {"direction": [], "mean": [], "direction_band": [], "mean_band": []}
+    z = metrics.BAND_Z
+    single = len(results.checkpoints) == 1
+    faint = 0.25 / max(3, results.dirs)  # direction bands: D of them overlap, their union stays light
     for c, ckpt in enumerate(results.checkpoints):
         curves = adv[c]
-        complete = curves[np.isfinite(curves).all(axis=1)]
-        for row in curves:
-            if np.isfinite(row).any():
-                ax.plot(alphas, row, color=colours[c], lw=0.7, alpha=0.4)  # one direction
-        if len(complete):
-            name = f"{ckpt.label}: mean of {len(complete)}" if sm is None else None
-            ax.plot(alphas, complete.mean(axis=0), color=colours[c], lw=2.4, label=name)  # bold mean
+        for row, se in zip(curves, adv_se[c]):
+            if not np.isfinite(row).any():
+                continue
+            drawn["direction"] += ax.plot(alphas, row, color=colours[c], lw=0.7, alpha=0.4)  # one direction
+            ok = np.isfinite(row) & np.isfinite(se)
+            if single and ok.any():  # its example noise, faint
+                drawn["direction_band"].append(ax.fill_between(alphas, row - z * se, row + z * se, where=ok,
+                                                               color=colours[c], alpha=faint, lw=0, zorder=1))
+        mean, mean_se = metrics.mean_curve(curves, adv_se[c])
+        n = int(np.isfinite(curves).all(axis=1).sum())
+        if n:
+            name = f"{ckpt.label}: mean of {n}" if sm is None else None
+            drawn["mean"] += ax.plot(alphas, mean, color=colours[c], lw=2.4, label=name)  # bold mean
+            if np.isfinite(mean_se).any():
+                drawn["mean_band"].append(ax.fill_between(  # over the direction bands, edged to stand out
+                    alphas, mean - z * mean_se, mean + z * mean_se, where=np.isfinite(mean_se),
+                    facecolor=(*to_rgb(colours[c]), 0.22 if single else 0.15),
+                    edgecolor=(*to_rgb(colours[c]), 0.7), lw=0.6, ls="--", zorder=2.5))
     proxy = SINGLE_COLOUR if sm is None else "0.35"
     if sm is not None:
         ax.plot([], [], color=proxy, lw=2.4, label="mean over directions")
@@ -73,7 +103,14 @@ def save_probe_png(results: ProbeResults, path: str | Path) -> None:
             bar.locator = MaxNLocator(integer=True)
             bar.update_ticks()
     ax.plot([], [], color=proxy, lw=0.7, alpha=0.6, label="single directions")
-    ax.legend(frameon=False, fontsize=9, loc="upper center")
+    handles, labels = ax.get_legend_handles_labels()
+    if drawn["mean_band"]:
+        handles.append(Patch(facecolor=(*to_rgb(proxy), 0.22), edgecolor=(*to_rgb(proxy), 0.7), lw=0.6, ls="--"))
+        labels.append(f"mean ± {z:g} SE (over directions and examples)")
+    if drawn["direction_band"]:
+        handles.append(Patch(facecolor=(*to_rgb(proxy), 0.1), lw=0))
+        labels.append(f"one direction ± {z:g} SE (over examples)")
+    ax.legend(handles, labels, frameon=False, fontsize=8, loc="upper center")
     ax.axvline(0.0, color="0.6", lw=0.6, ls=":", zorder=0)
     ax.set_xlabel(r"$\alpha$")
     natural = not results.config.get("attack", {}).get("steps")
@@ -81,5 +118,4 @@ def save_probe_png(results: ProbeResults, path: str | Path) -> None:
     ax.set_xlim(alphas[0], alphas[-1])
     ax.set_title(_title(results), fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    save_png(fig, path, dpi=140)
+    return drawn

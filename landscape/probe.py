@@ -72,7 +72,8 @@ class ProbeOutcome:
 
 
 def resolve_attack(cfg: ProbeConfig, trained: AttackConfig | None, source: str) -> AttackConfig:
-    """--eps/--pgd-step/--norm, defaulting to the training threat model the file records."""
+    """--eps/--pgd-step/--norm, defaulting to the training threat model the file records (its L2 random
+    start included; the reference's for a file that records none)."""
     norm = cfg.norm or (trained.norm if trained else "linf")
     if cfg.steps == 0 and cfg.eps is None and trained is None:  # the natural landscape needs no radius
         return AttackConfig(norm=norm, eps=0.0, step_size=0.0, steps=0)
@@ -86,7 +87,8 @@ def resolve_attack(cfg: ProbeConfig, trained: AttackConfig | None, source: str) 
     else:
         eps = cfg.eps
         step = cfg.step_size if cfg.step_size is not None else eps / 4  # the paper's 2/255 for 8/255
-    return AttackConfig(norm=norm, eps=eps, step_size=step, steps=cfg.steps)
+    l2_start = trained.l2_start if trained is not None else AttackConfig.l2_start
+    return AttackConfig(norm=norm, eps=eps, step_size=step, steps=cfg.steps, l2_start=l2_start)
 
 
 def recorded_config(cfg: ProbeConfig, source: Source, attack: AttackConfig, alphas: np.ndarray) -> dict[str, Any]:
@@ -126,6 +128,7 @@ def _open_results(cfg: ProbeConfig, out: Path, source: Source, config: dict[str,
             old = ProbeResults.load(out)
         except UserError:
             raise UserError(f"{str(out)!r} exists and is not a probe results file; choose another -o or pass --overwrite") from None
+        old.check_resumable(out)  # an older format version lacks the standard errors
         stale = [c.label for c, o in zip(idents, old.checkpoints) if (c.epoch, c.sha256) != (o.epoch, o.sha256)]
         refuse_if_stale(out, old.config, config, [f"weights of {', '.join(stale[:3])}"] if stale else [], VIEW_KEYS)
         old.config = config  # a new radius only changes the sharpness view
@@ -319,15 +322,16 @@ def print_summary(results: ProbeResults, console: Console, out: Path, png: Path)
         title=(f"sharpness of rho (PGD-{att.get('steps')}, {att.get('norm')}, eps={att.get('eps', float('nan')):.4g})"
                if att.get("steps") else "sharpness of the natural loss (--pgd 0)"),
         caption=f"rise: (rho(r) + rho(-r))/2 - rho(0) at r={r:g}; curvature: rho''(0) of a quadratic fit on "
-                f"|alpha| <= {r / 2:g}; ± std across directions",
+                f"|alpha| <= {r / 2:g}; ± std across directions; ± se: standard error of the rise over examples "
+                f"(points taken as independent)",
     )
-    for col in ("checkpoint", "rho(0)", "acc(0)", "rise", "± std", "curvature", "± std", "dirs"):
+    for col in ("checkpoint", "rho(0)", "acc(0)", "rise", "± std", "± se", "curvature", "± std", "dirs"):
         table.add_column(col, justify="left" if col == "checkpoint" else "right")
     i0 = int(np.argmin(np.abs(results.alphas)))
     for c, (ckpt, s) in enumerate(zip(results.checkpoints, sharp)):
         acc0 = results.values["adv_acc"][c, :, i0]
         acc0 = float(np.nanmean(acc0)) if np.isfinite(acc0).any() else float("nan")
-        table.add_row(ckpt.label, _fmt(s.rho0), _fmt(acc0, ".3f"), _fmt(s.rise), _fmt(s.rise_std), _fmt(s.curvature, ".3f"),
-                      _fmt(s.curvature_std, ".3f"), f"{int(results.done[c].all(axis=-1).sum())}/{results.dirs}")
+        table.add_row(ckpt.label, _fmt(s.rho0), _fmt(acc0, ".3f"), _fmt(s.rise), _fmt(s.rise_std), _fmt(s.rise_se),
+                      _fmt(s.curvature, ".3f"), _fmt(s.curvature_std, ".3f"), f"{int(results.done[c].all(axis=-1).sum())}/{results.dirs}")
     console.print(table)
     console.print(f"results: {out}\nfigure:  {png}")

@@ -16,12 +16,11 @@ import numpy as np
 
 from landscape import figures
 from awp.safeio import check_output, provenance, signed
-from landscape.analysis import GapConfig, RunAnalysis, analyse, check_caches, gap_correlations, landscape_path
+from landscape.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, gap_tests, landscape_path
 from landscape.plane import FORMAT as PLANE_FORMAT
 from landscape.plane import PlaneResults
 from landscape.output import save_text
 from landscape.plot_2d import html_figure
-from landscape.stats import Estimate
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -72,11 +71,20 @@ def accuracy_table(analyses: list[RunAnalysis]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def correlation_table(corr: dict[str, Estimate], n: int) -> str:
-    rows = "".join(f"<tr><td>{k}</td><td class=num>{v.value:+.3f}</td><td class=num>[{v.lo:+.3f}, {v.hi:+.3f}]</td></tr>"
-                   for k, v in corr.items())
-    return (f"<table><tr><th>correlation (sharpness, gap)</th><th>value</th><th>bootstrap 95% interval</th></tr>{rows}"
-            f"</table><p class=note>{n} (run, epoch) points.</p>")
+def tests_table(tests: GapTests) -> str:
+    """The two tests of gap vs sharpness: statistic, interval, p-value, units and method, or why none."""
+    rows = ""
+    for t in tests:
+        if t.estimate is None:
+            rows += f"<tr><td>{t.scope}</td><td colspan=3>no test: {html.escape(t.reason or '')}</td><td>{html.escape(t.units)}</td></tr>"
+        else:
+            e = t.estimate
+            rows += (f"<tr><td>{t.scope}</td><td class=num>{e.value:+.3f}</td><td class=num>[{e.lo:+.3f}, {e.hi:+.3f}]</td>"
+                     f"<td class=num>{t.p:.3g}</td><td>{html.escape(t.units)}; {html.escape(t.method)}</td></tr>")
+    return (f"<table><tr><th>Spearman (sharpness, gap)</th><th>value</th><th>95% interval</th><th>p</th>"
+            f"<th>units and method</th></tr>{rows}</table><p class=note>Within runs: the epoch-to-epoch changes "
+            f"(epochs of one run are not independent, both series trend with the epoch). Across runs: each run's "
+            f"last epoch, one point per run.</p>")
 
 
 @dataclass
@@ -85,7 +93,7 @@ class Section:
     body: str
 
 
-def build_report(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharpness: str, title: str) -> str:
+def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, title: str) -> str:
     import plotly.offline
 
     def fig_html(fig) -> str:
@@ -93,11 +101,14 @@ def build_report(analyses: list[RunAnalysis], corr: dict[str, Estimate], sharpne
 
     sections = [Section("Best and last accuracy", accuracy_table(analyses))]
     sections.append(Section("Learning curves", fig_html(figures.learning_curves_fig([a.curves for a in analyses]))))
-    sections.append(Section("Weight loss landscapes (1-D, PGD on the fly; slider: epoch)",
-                            "".join(fig_html(figures.landscape_slider_fig(a)) for a in analyses)))
-    n = sum(int(np.isfinite(a.sharpness[sharpness]).sum()) for a in analyses)
+    sections.append(Section("Weight loss landscapes (1-D, PGD on the fly; slider: epoch; bands: ±1.96 SE)",
+                            "".join(fig_html(figures.landscape_slider_fig(a)) for a in analyses)
+                            + "<p class=note>Bands: ±1.96 standard errors. Around a direction: over examples "
+                              "(sample std / √n). Around the mean: over directions and examples, SE² = s²/D over "
+                              "the D directions plus the mean example SE², a bound on the noise of the examples "
+                              "all directions share (at α = 0 every direction is w, so s = 0).</p>"))
     sections.append(Section("Robust generalization gap vs sharpness",
-                            fig_html(figures.scatter_fig(analyses, sharpness, corr)) + correlation_table(corr, n)))
+                            fig_html(figures.scatter_fig(analyses, sharpness, tests)) + tests_table(tests)))
     planes = [(a, p) for a in analyses for p in find_planes(a.curves.path)]
     if planes:
         body = ""
@@ -127,8 +138,7 @@ def write_report(cfg: GapConfig, out: str | Path, title: str = "Weight loss land
     out = Path(out)
     tag = check_report(cfg, out) if analyses is None else provenance("report", cfg.runs, out.parent)
     analyses = analyses if analyses is not None else analyse(cfg)
-    corr = gap_correlations(analyses, cfg.sharpness, cfg.n_boot, cfg.seed)
-    page = build_report(analyses, corr, cfg.sharpness, title)
+    page = build_report(analyses, gap_tests(analyses, cfg.sharpness, cfg.seed), cfg.sharpness, title)
     with signed(tag):
         return save_text(page, out)
 

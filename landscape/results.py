@@ -1,6 +1,6 @@
 """Probe results files: HDF5, plain arrays, no pickles; rewritten atomically after every direction.
 
-Layout (format "awp-landscape-probe", version 1; C checkpoints, D directions, A alphas):
+Layout (format "awp-landscape-probe", version 2; C checkpoints, D directions, A alphas):
 
     /                          attrs: format, format_version, config (JSON: what decides the numbers),
                                       runtime (JSON: device, versions), created, updated
@@ -12,10 +12,16 @@ Layout (format "awp-landscape-probe", version 1; C checkpoints, D directions, A 
     /checkpoints/label         str [C]
     /adv_loss, /nat_loss       float64 [C, D, A]: rho and the natural loss; NaN until computed
     /adv_acc, /nat_acc         float64 [C, D, A]
+    /adv_loss_se, /nat_loss_se, /adv_acc_se, /nat_acc_se
+                               float64 [C, D, A]: standard error over examples of each mean (sample
+                                      std, ddof 1, / sqrt(n)); NaN until computed and for n = 1
     /done                      bool [C, D, A]
     /seconds                   float64 [C, D]: wall time of each direction; NaN until computed
     /sharpness/<field>         float64 [C] (see `landscape.metrics.Sharpness`); attrs radius, fit_radius
-    /sharpness/rise_per_direction, /curvature_per_direction   float64 [C, D]
+    /sharpness/rise_per_direction, /curvature_per_direction, /rise_se_per_direction   float64 [C, D]
+
+Version 1 had no `*_se` arrays: it still loads (standard errors NaN, so figures draw no band), but a
+probe does not resume it (`ProbeResults.check_resumable`: `--overwrite` recomputes it).
 
 The whole file is rebuilt from memory into `<file>.tmp` and moved over the old one, so an interrupted
 probe leaves the previous complete file, and a resumed one recomputes only what `done` lacks.
@@ -41,9 +47,11 @@ from awp.store import transaction
 from landscape import metrics
 
 FORMAT = "awp-landscape-probe"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: standard errors over examples (`*_se`); version 1 files load with them NaN
 VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
-BYTES_PER_POINT = len(VALUES) * 8 + 1  # float64 per value and a `done` flag, per (checkpoint, direction, alpha)
+STANDARD_ERRORS = tuple(f"{v}_se" for v in VALUES)  # the standard error over examples of each value
+FIELDS = VALUES + STANDARD_ERRORS  # every [C, D, A] float array of a results file
+BYTES_PER_POINT = len(FIELDS) * 8 + 1  # float64 per field and a `done` flag, per (checkpoint, direction, alpha)
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -137,10 +145,11 @@ class ProbeResults:
     checkpoints: list[CheckpointId]
     config: dict[str, Any]
     runtime: dict[str, Any] = field(default_factory=dict)
-    values: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [C, D, A]
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # FIELDS name -> [C, D, A]
     done: np.ndarray | None = None  # [C, D, A] bool
     seconds: np.ndarray | None = None  # [C, D]
     created: str = ""
+    format_version: int = FORMAT_VERSION  # of the file it was loaded from
 
     def __post_init__(self) -> None:
         shape = (len(self.checkpoints), self.dirs, len(self.alphas))
@@ -148,7 +157,7 @@ class ProbeResults:
         check_allocation(points * BYTES_PER_POINT + shape[0] * self.dirs * 8,
                          f"the probe results ({shape[0]} checkpoint(s) x --dirs {self.dirs} x {shape[2]} alphas = "
                          f"{points:,} points)")
-        for name in VALUES:
+        for name in FIELDS:
             self.values.setdefault(name, np.full(shape, np.nan))
         if self.done is None:
             self.done = np.zeros(shape, dtype=bool)
@@ -163,15 +172,26 @@ class ProbeResults:
         return [k for k in range(self.dirs) if not self.done[c, k].all()]
 
     def set_point(self, c: int, k: int, i: int, point: Mapping[str, float]) -> None:
-        for name in VALUES:
+        """Store one point: `point` has every name of FIELDS (`engine.PointSums.reduce()`)."""
+        for name in FIELDS:
             self.values[name][c, k, i] = point[name]
         self.done[c, k, i] = True
+
+    def check_resumable(self, path: str | Path) -> None:
+        """A probe continues only a file of this format version: an older one lacks the standard errors
+        of its points, so continuing it would mix points with and without them (`StaleResults`, so a
+        `landscape gap` cache is simply recomputed)."""
+        if self.format_version != FORMAT_VERSION:
+            raise StaleResults(f"{str(path)!r} has probe results format version {self.format_version} (no standard "
+                               f"errors); this version resumes only version {FORMAT_VERSION}: pass --overwrite to "
+                               f"recompute it, -o for a new file, or --from to redraw it as it is")
 
     def sharpness(self, radius: float | None = None, fit_radius: float | None = None) -> list[metrics.Sharpness]:
         """Sharpness of rho (the adversarial loss) per checkpoint, over its complete directions."""
         r = self.config.get("radius") if radius is None else radius
         fr = self.config.get("fit_radius") if fit_radius is None else fit_radius
-        return [metrics.sharpness(self.alphas, self.values["adv_loss"][c], r, fr) for c in range(len(self.checkpoints))]
+        return [metrics.sharpness(self.alphas, self.values["adv_loss"][c], r, fr, se=self.values["adv_loss_se"][c])
+                for c in range(len(self.checkpoints))]
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -197,25 +217,29 @@ class ProbeResults:
             g.create_dataset("sha256", data=[c.sha256 for c in self.checkpoints], dtype=strings)
             g.create_dataset("label", data=[c.label for c in self.checkpoints], dtype=strings)
             g["epoch"] = np.array([np.nan if c.epoch is None else c.epoch for c in self.checkpoints], dtype=np.float64)
-            for name in VALUES:
+            for name in FIELDS:
                 f[name] = self.values[name]
             f["done"] = self.done
             f["seconds"] = self.seconds
             g = f.create_group("sharpness")
             g.attrs["radius"] = sharp[0].radius if sharp else np.nan
             g.attrs["fit_radius"] = sharp[0].fit_radius if sharp else np.nan
-            for name in ("rise", "rise_std", "curvature", "curvature_std", "rho0", "n_dirs"):
+            for name in ("rise", "rise_std", "rise_se", "curvature", "curvature_std", "rho0", "n_dirs"):
                 g[name] = np.array([getattr(s, name) for s in sharp], dtype=np.float64)
             adv = self.values["adv_loss"]
             r, fr = (sharp[0].radius, sharp[0].fit_radius) if sharp else (None, None)
             if sharp:
                 g["rise_per_direction"] = metrics.rise(self.alphas, adv, r)  # NaN where not done
                 g["curvature_per_direction"] = _curvature_or_nan(self.alphas, adv, fr)
+                g["rise_se_per_direction"] = metrics.rise_se(self.alphas, self.values["adv_loss_se"], r)
 
     @classmethod
     def load(cls, path: str | Path) -> "ProbeResults":
-        """Read a results file; anything else is a one-line `UserError`."""
+        """Read a results file; anything else is a one-line `UserError`. A version 1 file (before the
+        standard errors) loads with them NaN and `format_version` 1."""
         with open_results(path, FORMAT, FORMAT_VERSION, "probe results") as f:
+            version = int(f.attrs.get("format_version", 0))
+            missing = STANDARD_ERRORS if version < 2 else ()  # version 1: no standard errors yet
             g = f["checkpoints"]
             epochs = g["epoch"][()]
             ckpts = [
@@ -230,10 +254,11 @@ class ProbeResults:
                 checkpoints=ckpts,
                 config=json.loads(f.attrs["config"]),
                 runtime=json.loads(f.attrs.get("runtime", "{}")),
-                values={name: f[name][()] for name in VALUES},
+                values={name: np.full(f["done"].shape, np.nan) if name in missing else f[name][()] for name in FIELDS},
                 done=f["done"][()].astype(bool),
                 seconds=f["seconds"][()],
                 created=str(f.attrs.get("created", "")),
+                format_version=version,
             )
 
 

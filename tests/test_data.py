@@ -58,3 +58,37 @@ def test_unknown_dataset():
 def test_missing_cifar_files_say_how_to_get_them(tmp_path):
     with pytest.raises(UserError, match="landscape download cifar10 --data-dir"):
         load_dataset("cifar10", tmp_path)
+
+
+def _fake_torchvision(monkeypatch):
+    """Replace the torchvision loader by one that records each split's transform (no files needed)."""
+    import awp.data as data
+
+    made = []
+
+    def fake(name, root, *, train, transform=None, **kw):
+        ds = torch.utils.data.TensorDataset(torch.zeros(4, 3, 32, 32), torch.arange(4))
+        ds.transform, ds.is_train = transform, train
+        made.append(ds)
+        return ds
+
+    monkeypatch.setattr(data, "_torchvision_set", fake)
+    return made
+
+
+def test_svhn_trains_without_augmentation_cifar_with_crop_and_flip(monkeypatch, tmp_path):
+    from torchvision import transforms as T
+
+    _fake_torchvision(monkeypatch)
+    # SVHN: the reference trains on ToTensor() alone; SGD sees the plain training set itself.
+    svhn = load_dataset("svhn", tmp_path)
+    assert dataset_info("svhn").augment == () and svhn.train is svhn.train_eval
+    assert [type(t) for t in svhn.train.transform.transforms] == [T.ToTensor]
+    # CIFAR: 4-pixel padded random crop and horizontal flip (Section 5.1), the plain copy without them.
+    for name in ("cifar10", "cifar100"):
+        c = load_dataset(name, tmp_path)
+        ops = c.train.transform.transforms
+        assert [type(t) for t in ops] == [T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor]
+        assert ops[0].padding == 4 and ops[0].size == (32, 32)
+        assert [type(t) for t in c.train_eval.transform.transforms] == [T.ToTensor]
+        assert [type(t) for t in c.test.transform.transforms] == [T.ToTensor] and not c.test.is_train

@@ -1,5 +1,6 @@
-"""Random directions (Alg. 1 lines 2-7): filter normalization (Eq. 5), zeros on 1-D parameters,
-regenerable from (seed, k) whatever the device, the draw order or the parameter order."""
+"""Random directions (Alg. 1 lines 2-7): filter normalization (Eq. 5), zeros on 1-D parameters (or
+d = w with include_1d, as Li et al.), regenerable from (seed, k) whatever the device, the draw order
+or the parameter order."""
 
 from __future__ import annotations
 
@@ -35,11 +36,20 @@ def test_filter_normalization_matches_each_filter_norm_and_zeroes_1d(params):
             assert torch.count_nonzero(d[name]) == 0
 
 
-def test_include_1d_normalizes_each_entry_like_a_filter(params):
-    d = random_direction(params, seed=0, k=0, normalize="filter", include_1d=True)
+@pytest.mark.parametrize("normalize", list(NORMALIZATIONS))
+def test_include_1d_gives_1d_parameters_their_own_weight_as_direction(params, normalize):
+    """Li et al. (net_plotter, ignore != 'biasbn'): d_l = w_l for biases and BatchNorm, whatever the
+    normalization and the seed; the other parameters are exactly the default direction."""
+    d = random_direction(params, seed=0, k=0, normalize=normalize, include_1d=True)
+    other = random_direction(params, seed=5, k=3, normalize=normalize, include_1d=True)
+    plain = random_direction(params, seed=0, k=0, normalize=normalize)
+    one_d = [n for n, w in params.items() if w.dim() <= 1]
+    assert one_d
     for name, w in params.items():
-        if w.dim() == 1:
-            torch.testing.assert_close(d[name].abs(), w.abs(), rtol=1e-5, atol=0)
+        if w.dim() <= 1:
+            assert torch.equal(d[name], w) and torch.equal(other[name], w)
+        else:
+            assert torch.equal(d[name], plain[name])
 
 
 def test_layer_normalization_matches_each_layer_norm(params):

@@ -4,6 +4,7 @@ identities, flush-and-resume to the same numbers, refusal of changed settings, e
 from __future__ import annotations
 
 import io
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from awp.attacks import AttackConfig
 from awp.errors import UserError
 from landscape import probe as probe_mod
 from landscape.probe import ProbeConfig, rerender, run_probe
-from landscape.results import ProbeResults, weights_sha256
+from landscape.results import FIELDS, STANDARD_ERRORS, ProbeResults, StaleResults, weights_sha256
 
 FAST = dict(alphas="-0.5:0.5:5", dirs=2, steps=2, samples=60, batch_size=32, device="cpu", progress=False)
 
@@ -50,8 +51,9 @@ def test_run_file_defaults_layout_and_identity(run_file, reference):
     reader = open_run(run_file)
     r = ProbeResults.load(reference.results_path)
     trained = reader.attack_config()
-    assert r.config["attack"] == {"norm": trained.norm, "eps": trained.eps, "step_size": trained.step_size,
-                                  "steps": 2, "random_start": True}
+    # the training threat model with the probe's steps (fields with defaults, e.g. l2_start, as their defaults)
+    assert r.config["attack"] == asdict(AttackConfig(trained.norm, trained.eps, trained.step_size, steps=2))
+    assert r.config["attack"]["random_start"] is True
     assert [c.epoch for c in r.checkpoints] == reader.epochs_saved() == [1, 2, 3]
     assert [c.sha256 for c in r.checkpoints] == [weights_sha256(reader.state_dict(e)) for e in (1, 2, 3)]
     assert r.checkpoints[2].label.startswith("epoch 3 (") and "last" in r.checkpoints[2].label
@@ -63,6 +65,17 @@ def test_run_file_defaults_layout_and_identity(run_file, reference):
     assert r.runtime["examples"] == 60 and reference.points == 30
     assert r.config["radius"] == 0.25 and r.config["fit_radius"] == 0.125
     assert reference.png_path.stat().st_size > 10_000
+
+
+def test_every_point_has_its_standard_errors(reference):
+    r = ProbeResults.load(reference.results_path)
+    assert r.format_version == 2
+    for name in ("adv_loss_se", "nat_loss_se"):  # over the 60 examples, at every point
+        assert (r.values[name] > 0).all() and (r.values[name] < r.values[name[:-3]]).all()
+    for name in ("adv_acc", "nat_acc"):  # 0/1 values: sqrt(p (1 - p) / (n - 1))
+        p = r.values[name]
+        np.testing.assert_allclose(r.values[name + "_se"], np.sqrt(p * (1 - p) / 59))
+    assert all(np.isfinite(s.rise_se) and s.rise_se > 0 for s in r.sharpness())
 
 
 def test_interrupted_probe_resumes_to_the_same_numbers(run_file, reference, tmp_path, monkeypatch):
@@ -86,7 +99,7 @@ def test_interrupted_probe_resumes_to_the_same_numbers(run_file, reference, tmp_
     resumed = probe(run_file, out, epochs="all")
     assert resumed.points == 20  # only epochs 2 and 3
     ref = ProbeResults.load(reference.results_path)
-    for name in ("adv_loss", "nat_loss", "adv_acc", "nat_acc"):
+    for name in FIELDS:
         np.testing.assert_array_equal(resumed.results.values[name], ref.values[name])  # bitwise, on CPU
 
 
@@ -124,6 +137,50 @@ def test_fixed_examples_agree_at_w_and_underestimate_elsewhere(run_file, referen
     recal = probe(run_file, tmp_path / "bn.h5", epochs="last", dirs=1, bn="recalibrate", bn_batches=2).results
     assert recal.config["bn"] == "recalibrate" and np.isfinite(recal.values["adv_loss"]).all()
     assert not np.array_equal(recal.values["nat_loss"][0, 0], ref.values["nat_loss"][2, 0])
+
+
+def _as_version_1(path) -> None:
+    """A results file as the version before the standard errors wrote it."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        for k in STANDARD_ERRORS:
+            del f[k]
+        del f["sharpness/rise_se"], f["sharpness/rise_se_per_direction"]
+        f.attrs["format_version"] = 1
+
+
+def test_a_version_1_file_is_redrawn_but_not_resumed(run_file, reference, tmp_path):
+    import shutil
+
+    old = tmp_path / "old.h5"
+    shutil.copy(reference.results_path, old)
+    _as_version_1(old)
+    with pytest.raises(StaleResults) as e:
+        probe(run_file, old, epochs="all")
+    msg = str(e.value)
+    assert "\n" not in msg and "format version 1" in msg and "--overwrite" in msg and "-o" in msg
+    assert ProbeResults.load(old).format_version == 1  # left as it was
+    out = rerender(old, str(tmp_path / "old.png"), console=Console(file=io.StringIO()))  # no bands, still drawn
+    assert out.png_path.stat().st_size > 10_000
+    again = probe(run_file, old, epochs="all", overwrite=True)
+    assert again.points == 30 and ProbeResults.load(old).format_version == 2
+
+
+def test_gap_recomputes_a_version_1_cache(run_file, tmp_path):
+    import shutil
+
+    from landscape.analysis import GapConfig, landscape_path, probe_run
+
+    run = tmp_path / "run.h5"
+    shutil.copy(run_file, run)
+    cfg = GapConfig(runs=(str(run),), dirs=1, alphas="-0.5:0.5:3", samples=20, device="cpu", progress=False)
+    first = probe_run(cfg, run)
+    _as_version_1(landscape_path(run))
+    again = probe_run(cfg, run)
+    assert ProbeResults.load(landscape_path(run)).format_version == 2
+    assert np.isfinite(again.values["adv_loss_se"]).all()
+    np.testing.assert_array_equal(again.values["adv_loss"], first.values["adv_loss"])
 
 
 def test_from_results_redraws_without_computing(reference, tmp_path):

@@ -87,6 +87,56 @@ def test_warmup_and_metrics_and_val_split(tmp_path):
     assert len(train_ds) == 48 and len(test_ds) == 50  # 60 minus a 20% validation split
 
 
+def _bn_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for n, b in model.named_buffers() if "running" in n or "num_batches" in n]
+
+
+def test_bn_clean_reference_adds_exactly_one_clean_train_mode_pass():
+    """With lr = 0 the weights stay put, so "reference" must leave BatchNorm running statistics exactly
+    where "frozen" leaves them plus one train-mode forward of the clean batch; "frozen" never shows BN x."""
+    from awp.methods import get_method
+    from awp.models import create_model
+    from awp.attacks import AttackConfig
+    from awp.train import train_step
+
+    def model():
+        torch.manual_seed(0)
+        return create_model("smallcnn", 10, 1, (0.3,), (0.4,), widths=(4, 8, 8)).train()
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+    attack = AttackConfig("linf", 0.25, 0.0625, 2)
+    results, models = {}, {}
+    for mode in ("frozen", "reference"):
+        m = model()
+        opt = torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+        before = {k: p.detach().clone() for k, p in m.named_parameters()}
+        results[mode] = train_step(m, opt, get_method("at"), x, y, attack, torch.Generator().manual_seed(2), bn_clean=mode)
+        assert all(torch.equal(p, before[k]) for k, p in m.named_parameters()), mode  # lr = 0: weights unchanged
+        models[mode] = m
+    fresh = _bn_buffers(model())
+    frozen, reference = _bn_buffers(models["frozen"]), _bn_buffers(models["reference"])
+    assert not all(torch.equal(a, b) for a, b in zip(frozen, fresh))  # the adversarial passes moved them
+    assert not all(torch.equal(a, b) for a, b in zip(reference, frozen))  # ... and the clean pass did too
+    with torch.no_grad():
+        models["frozen"](x)  # the one clean train-mode forward that "frozen" skips
+    assert all(torch.equal(a, b) for a, b in zip(_bn_buffers(models["frozen"]), reference))
+    assert results["frozen"] == results["reference"]  # same weights, batch statistics: same natural accuracy
+
+
+def test_bn_clean_frozen_is_recorded_and_changes_the_run(tmp_path):
+    a = train(_tiny(method="at", epochs=1), tmp_path / "ref.h5")
+    b = train(_tiny(method="at", epochs=1, bn_clean="frozen"), tmp_path / "frozen.h5")
+    assert open_run(tmp_path / "frozen.h5").train_config().bn_clean == "frozen"
+    assert open_run(tmp_path / "ref.h5").train_config().bn_clean == "reference"
+    sa, sb = open_run(a.path).state_dict(1), open_run(b.path).state_dict(1)
+    running = {k for k in sa if "running" in k or "num_batches" in k}
+    assert running and not all(torch.equal(sa[k], sb[k]) for k in running)
+    # Training forwards use batch statistics: the weights are bitwise the same, only eval mode can differ.
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k not in running)
+    assert np.array_equal(a.metrics["fit_adv_acc"], b.metrics["fit_adv_acc"])
+
+
 def _nan_after_four_steps() -> Method:
     calls = {"n": 0}
 
@@ -184,6 +234,11 @@ def test_info_and_export(finished, tmp_path):
     assert r.returncode == 0, r.stderr
     reader = open_run(full)
     assert 'method = "at-awp"' in r.stdout and "test_adv" in r.stdout
+    # Both training robustness measures, labelled: the paper's running one and the eval-mode one of the gap.
+    header = next(line for line in r.stdout.splitlines() if line.split()[:1] == ["epoch"])
+    assert {"fit_adv", "train_adv", "test_adv", "gap"} <= set(header.split())
+    assert "fit_adv is the paper's training" in r.stdout and "fixed unaugmented training subset" in r.stdout
+    assert any(line.startswith("best ") and "(eval)" in line and "(fit)" in line for line in r.stdout.splitlines())
     assert any(line.split()[:1] == [str(reader.best_epoch)] and "best" in line for line in r.stdout.splitlines())
     assert any(line.split()[:1] == [str(KILL_EPOCHS)] and "last" in line for line in r.stdout.splitlines())
 
@@ -240,8 +295,9 @@ def test_dataset_and_norm_defaults():
     assert (d.train_size, d.awp.gamma, d.awp_warmup, d.lr, d.awp.eta2) == (300, 0.01, 10, 0.05, 0.01)
     c = resolve_config({"dataset": "cifar10", "method": "at-awp"})
     assert (c.arch, c.attack.eps, c.attack.step_size, c.eval_steps, c.lr, c.awp.gamma, c.epochs, c.batch_size) == (
-        "preactresnet18", 8 / 255, 2 / 255, 20, 0.1, 5e-3, 200, 128)
-    assert resolve_config({"dataset": "svhn"}).attack.step_size == 1 / 255
+        "preactresnet18", 8 / 255, 2 / 255, 20, 0.1, 1e-2, 200, 128)  # Section 4.4 / Table 1: gamma 1e-2
+    s = resolve_config({"dataset": "svhn"})
+    assert (s.attack.step_size, s.lr, s.awp_warmup) == (1 / 255, 0.01, 5)
     l2 = resolve_config({"dataset": "cifar10", "norm": "l2"})
     assert (l2.attack.eps, l2.attack.step_size) == (128 / 255, 15 / 255)
     eps = resolve_config({"eps": "0.3"})

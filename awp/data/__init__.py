@@ -21,7 +21,8 @@ from awp.errors import UserError
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about a dataset: classes, channels, image size, normalization."""
+    """What a model needs to know about a dataset: classes, channels, image size, normalization; and
+    the training augmentation, names from `AUGMENTATIONS` applied in order (none: SGD sees the images)."""
 
     name: str
     num_classes: int
@@ -30,6 +31,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     needs_download: bool
+    augment: tuple[str, ...] = ()
 
 
 @dataclass
@@ -118,8 +120,16 @@ def _load_digits(data_dir: Path, seed: int = 0) -> Splits:
 # torchvision datasets (need a download)
 # ---------------------------------------------------------------------------------------------
 
-_CIFAR10 = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True)
-_CIFAR100 = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True)
+# Training augmentations by name: (torchvision.transforms, DatasetInfo) -> a transform on PIL images.
+AUGMENTATIONS: dict[str, Callable] = {
+    "crop": lambda T, info: T.RandomCrop(info.image_size, padding=4),  # 4-pixel padded random crop
+    "flip": lambda T, info: T.RandomHorizontalFlip(),
+}
+
+# CIFAR: random crop (pad 4) + horizontal flip (Section 5.1; Rice et al. and csdongxian/AWP train_cifar*.py).
+_CIFAR10 = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True, ("crop", "flip"))
+_CIFAR100 = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True, ("crop", "flip"))
+# SVHN: none; csdongxian/AWP and Rice et al.'s train_svhn.py train on `transforms.ToTensor()` alone.
 _SVHN = DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True)
 
 
@@ -133,32 +143,32 @@ def _torchvision_set(name: str, root: Path, *, train: bool, **kw) -> Dataset:
     return cls(str(root), train=train, **kw)
 
 
-def _vision(name: str, data_dir: Path, *, train: bool, augment: bool) -> Dataset:
+def augmentations(info: DatasetInfo) -> list:
+    """The training transforms `info.augment` names, in order (an empty list: no augmentation)."""
     from torchvision import transforms as T
 
-    ops = []
-    if augment:  # standard augmentation: 4-pixel padded random crop, and flips except for SVHN digits
-        ops.append(T.RandomCrop(32, padding=4))
-        if name != "svhn":
-            ops.append(T.RandomHorizontalFlip())
-    tf = T.Compose(ops + [T.ToTensor()])
+    return [AUGMENTATIONS[name](T, info) for name in info.augment]
+
+
+def _vision(info: DatasetInfo, data_dir: Path, *, train: bool, augment: bool) -> Dataset:
+    from torchvision import transforms as T
+
+    tf = T.Compose((augmentations(info) if augment else []) + [T.ToTensor()])
     try:
-        return _torchvision_set(name, data_dir, train=train, transform=tf)
+        return _torchvision_set(info.name, data_dir, train=train, transform=tf)
     except RuntimeError:
         raise UserError(
-            f"{name} files not found in {str(data_dir)!r}; fetch them with "
-            f"`landscape download {name} --data-dir {data_dir}` on a machine that is online"
+            f"{info.name} files not found in {str(data_dir)!r}; fetch them with "
+            f"`landscape download {info.name} --data-dir {data_dir}` on a machine that is online"
         ) from None
 
 
 def _vision_loader(info: DatasetInfo):
     def load(data_dir: Path, seed: int = 0) -> Splits:
-        return Splits(
-            info,
-            _vision(info.name, data_dir, train=True, augment=True),
-            _vision(info.name, data_dir, train=True, augment=False),
-            _vision(info.name, data_dir, train=False, augment=False),
-        )
+        plain = _vision(info, data_dir, train=True, augment=False)
+        # Without augmentation SGD sees the plain training set: one copy in memory, not two.
+        train = _vision(info, data_dir, train=True, augment=True) if info.augment else plain
+        return Splits(info, train, plain, _vision(info, data_dir, train=False, augment=False))
 
     return load
 
