@@ -55,3 +55,16 @@ def trained_smallcnn(digits):
             opt.step()
     model.eval()
     return model
+
+
+def as_version_1(path) -> None:
+    """A probe results file as version 1 (before the standard errors) wrote it."""
+    import h5py
+
+    from landscape.results import STANDARD_ERRORS
+
+    with h5py.File(path, "r+") as f:
+        for k in STANDARD_ERRORS:
+            del f[k]
+        del f["sharpness/rise_se"], f["sharpness/rise_se_per_direction"]
+        f.attrs["format_version"] = 1

@@ -15,6 +15,7 @@ from awp.errors import UserError
 from landscape import probe as probe_mod
 from landscape.probe import ProbeConfig, rerender, run_probe
 from landscape.results import FIELDS, STANDARD_ERRORS, ProbeResults, StaleResults, weights_sha256
+from conftest import as_version_1
 
 FAST = dict(alphas="-0.5:0.5:5", dirs=2, steps=2, samples=60, batch_size=32, device="cpu", progress=False)
 
@@ -139,23 +140,12 @@ def test_fixed_examples_agree_at_w_and_underestimate_elsewhere(run_file, referen
     assert not np.array_equal(recal.values["nat_loss"][0, 0], ref.values["nat_loss"][2, 0])
 
 
-def _as_version_1(path) -> None:
-    """A results file as the version before the standard errors wrote it."""
-    import h5py
-
-    with h5py.File(path, "r+") as f:
-        for k in STANDARD_ERRORS:
-            del f[k]
-        del f["sharpness/rise_se"], f["sharpness/rise_se_per_direction"]
-        f.attrs["format_version"] = 1
-
-
 def test_a_version_1_file_is_redrawn_but_not_resumed(run_file, reference, tmp_path):
     import shutil
 
     old = tmp_path / "old.h5"
     shutil.copy(reference.results_path, old)
-    _as_version_1(old)
+    as_version_1(old)
     with pytest.raises(StaleResults) as e:
         probe(run_file, old, epochs="all")
     msg = str(e.value)
@@ -176,7 +166,7 @@ def test_gap_recomputes_a_version_1_cache(run_file, tmp_path):
     shutil.copy(run_file, run)
     cfg = GapConfig(runs=(str(run),), dirs=1, alphas="-0.5:0.5:3", samples=20, device="cpu", progress=False)
     first = probe_run(cfg, run)
-    _as_version_1(landscape_path(run))
+    as_version_1(landscape_path(run))
     again = probe_run(cfg, run)
     assert ProbeResults.load(landscape_path(run)).format_version == 2
     assert np.isfinite(again.values["adv_loss_se"]).all()

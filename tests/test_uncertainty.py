@@ -20,6 +20,7 @@ from landscape import metrics
 from landscape.directions import random_direction
 from landscape.engine import PointSums, evaluate_at, evaluate_point, fixed_batches, mean_se, perturbed, snapshot
 from landscape.results import FIELDS, STANDARD_ERRORS, CheckpointId, ProbeResults, StaleResults
+from conftest import as_version_1
 
 ATTACK = AttackConfig("linf", eps=0.2, step_size=0.05, steps=2)
 
@@ -161,21 +162,12 @@ def test_standard_errors_are_stored_and_reloaded_nan_where_not_computed(tmp_path
         assert np.isnan(f["sharpness/rise_se_per_direction"][0, 2])
 
 
-def _as_version_1(path) -> None:
-    """What a file from before the standard errors looks like."""
-    with h5py.File(path, "r+") as f:
-        for k in STANDARD_ERRORS:
-            del f[k]
-        del f["sharpness/rise_se"], f["sharpness/rise_se_per_direction"]
-        f.attrs["format_version"] = 1
-
-
 def test_a_version_1_file_loads_without_standard_errors_but_is_not_resumed(tmp_path):
     res = _results()
     _fill(res, 0, 0)
     path = tmp_path / "old.h5"
     res.save(path)
-    _as_version_1(path)
+    as_version_1(path)
     old = ProbeResults.load(path)
     assert old.format_version == 1
     np.testing.assert_array_equal(old.values["adv_loss"], res.values["adv_loss"])
