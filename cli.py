@@ -83,14 +83,19 @@ def demo(
     report: Annotated[Path, typer.Option("--report", help="The interactive HTML report.")] = Path("report.html"),
     device: DeviceOpt = "cpu",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace figures and report that are not an earlier demo's, and demo runs made with other settings.")] = False,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes that train and probe runs side by side (default: one per CPU core, at most one per run).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """The main job on the embedded digits: train every method, probe landscapes, check the paper's claims."""
     from awp.config import resolve_device
-    from landscape.demo import DemoConfig, parse_seeds, run_demo
+    from landscape.demo import DemoConfig, default_workers, parse_seeds, run_demo
+    from landscape.dist import check_workers
 
     resolve_device(device)
-    run_demo(DemoConfig(seeds=parse_seeds(seeds), quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
+    seed_list = parse_seeds(seeds)
+    workers = default_workers(seed_list, device) if workers is None else workers
+    check_workers(workers, device, offer=False)
+    run_demo(DemoConfig(seeds=seed_list, workers=workers, quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
                         report=str(report), device=device, progress=not quiet, overwrite=overwrite))
 
 

@@ -8,6 +8,8 @@ It writes the Figure-1 figures and `report.html`.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,10 +23,11 @@ from rich.table import Table
 
 from awp.config import check_seed
 from awp.data import dataset_labels, stratified_split
-from awp.errors import UserError
+from awp.errors import Interrupted, UserError
 from awp.methods import METHODS
 from awp.rundata import take
 from awp.safeio import check_dir, check_output, provenance, signed
+from awp.stopping import graceful_stop, stop_requested
 from awp.store import open_run
 from landscape import claims as cl
 from landscape import figures
@@ -64,6 +67,7 @@ class DemoConfig:
     device: str = "cpu"
     progress: bool = True
     overwrite: bool = False  # replace figures, report and demo runs made with other settings
+    workers: int = 1  # processes that train and probe the runs side by side
 
     def run_paths(self, seed: int) -> list[Path]:
         suffix = "-quick" if self.quick else ""
@@ -87,27 +91,91 @@ class DemoConfig:
         )
 
 
-def _train_all(cfg: DemoConfig, console: Console) -> list[str]:
+def default_workers(seeds: tuple[int, ...], device: str) -> int:
+    """One process per usable CPU core, at most one per run; one on a GPU."""
+    from awp.config import resolve_device
+    from landscape.dist import usable_cpus
+
+    if resolve_device(device).type == "cuda":
+        return 1
+    return max(1, min(usable_cpus(), len(seeds) * len(METHODS)))
+
+
+def _train_one(cfg: DemoConfig, method: str, seed: int, path: Path, console: Console) -> None:
+    """Train (or resume, or reuse) one demo run."""
     from awp.progress import ConsoleReporter
     from awp.train import train
     from awp.trainconfig import resolve_config
 
-    paths = []
-    for seed in cfg.seeds:
-        for method, path in zip(METHODS, cfg.run_paths(seed)):
+    tcfg = resolve_config(cfg.train_flags(method, seed))
+    quiet = not cfg.progress or console.quiet
+    try:  # a finished run from an earlier demo is reused; an interrupted one continues
+        train(tcfg, path, resume=True, reporter=ConsoleReporter(quiet=quiet))
+    except UserError as e:
+        if "the config differs" not in str(e):
+            raise
+        if not cfg.overwrite:
+            raise UserError(f"{e}; pass --overwrite to train the demo's run again") from None
+        console.print(f"{path}: made with other settings; training it again")
+        train(tcfg, path, overwrite=True, reporter=ConsoleReporter(quiet=quiet))
+
+
+def _prepare_run(cfg: DemoConfig, method: str, seed: int, path: str) -> str:
+    """In a worker process: one run trained and its landscapes probed into the cache beside it."""
+    from landscape.analysis import probe_run
+
+    torch.set_num_threads(1)
+    _train_one(cfg, method, seed, Path(path), Console(quiet=True))
+    probe_run(cfg.gap_config([path]), path)
+    return path
+
+
+def _prepare_all(cfg: DemoConfig, console: Console) -> list[str]:
+    """Every run trained and probed: one after the other with progress bars (`workers` 1), or in
+    `workers` processes of a standard process pool, one line per finished run. Each run is
+    deterministic on CPU, so both give the same files."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import active_children, get_context
+
+    jobs = [(m, s, str(p)) for s in cfg.seeds for m, p in zip(METHODS, cfg.run_paths(s))]
+    if cfg.workers <= 1:
+        for method, seed, path in jobs:
             console.rule(f"training {method}, seed {seed}")
-            tcfg = resolve_config(cfg.train_flags(method, seed))
-            try:  # a finished run from an earlier demo is reused; an interrupted one continues
-                train(tcfg, path, resume=True, reporter=ConsoleReporter(quiet=not cfg.progress))
-            except UserError as e:
-                if "the config differs" not in str(e):
-                    raise
-                if not cfg.overwrite:
-                    raise UserError(f"{e}; pass --overwrite to train the demo's run again") from None
-                console.print(f"{path}: made with other settings; training it again")
-                train(tcfg, path, overwrite=True, reporter=ConsoleReporter(quiet=not cfg.progress))
-            paths.append(str(path))
-    return paths
+            _train_one(cfg, method, seed, Path(path), console)
+        return [p for _, _, p in jobs]
+    console.rule(f"training and probing {len(jobs)} runs in {cfg.workers} processes")
+    t0, finished, stopping, signalled = time.perf_counter(), 0, False, False
+    with graceful_stop(), ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_prepare_run, cfg, *job): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for f in done:
+                if f.cancelled():
+                    continue
+                try:
+                    f.result()
+                except Interrupted:
+                    stopping = True
+                    continue
+                finished += 1
+                elapsed = time.perf_counter() - t0
+                method, seed, path = futures[f]
+                console.print(f"{path}: {method}, seed {seed}, trained and probed ({finished}/{len(jobs)}, "
+                              f"{elapsed:.0f} s, about {elapsed / finished * (len(jobs) - finished):.0f} s left)",
+                              highlight=False)
+            if (stop_requested() or stopping) and not signalled:
+                # Ctrl-C: start nothing new, and ask the running workers (if the signal did not reach
+                # them) to stop after their current step; what they finished is kept.
+                signalled = stopping = True
+                for f in pending:
+                    f.cancel()
+                for child in active_children():
+                    os.kill(child.pid, signal.SIGTERM)
+    if stopping:
+        raise Interrupted(f"stopped with {finished} of {len(jobs)} runs ready; every finished epoch and landscape "
+                          f"point is kept")
+    return [p for _, _, p in jobs]
 
 
 FIGURES = ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png")
@@ -341,7 +409,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoOutcome:
     t0 = time.perf_counter()
     fig_tag = check_outputs(cfg)
     torch.set_num_threads(1)  # the digits models are tiny: one thread is as fast and keeps the machine usable
-    runs = _train_all(cfg, console)
+    runs = _prepare_all(cfg, console)
     console.rule("weight loss landscapes (PGD on the fly)")
     gap_cfg = cfg.gap_config(runs)
     analyses = analyse(gap_cfg, console if cfg.progress else None)

@@ -111,20 +111,20 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def check_workers(workers: int, device: str, oversubscribe: bool = False) -> None:
+def check_workers(workers: int, device: str, oversubscribe: bool = False, offer: bool = True) -> None:
     """--workers within what this machine runs well: at most one per CPU core, and with nccl at most
-    one per GPU, unless `oversubscribe`."""
+    one per GPU, unless `oversubscribe` (which the message suggests if the command has it: `offer`)."""
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if oversubscribe:
         return
     cpus = usable_cpus()
     if workers > cpus:
-        raise UserError(f"--workers {workers} is more than the {cpus} CPU core(s) this process may use; "
-                        f"pass --oversubscribe to run them anyway")
+        raise UserError(f"--workers {workers} is more than the {cpus} CPU core(s) this process may use"
+                        + ("; pass --oversubscribe to run them anyway" if offer else ""))
     if resolve_device(device).type == "cuda" and workers > torch.cuda.device_count():
-        raise UserError(f"--workers {workers} is more than the {torch.cuda.device_count()} GPU(s) here (nccl needs one "
-                        f"per worker); pass --oversubscribe to share GPUs over gloo")
+        raise UserError(f"--workers {workers} is more than the {torch.cuda.device_count()} GPU(s) here"
+                        + (" (nccl needs one per worker); pass --oversubscribe to share GPUs over gloo" if offer else ""))
 
 
 def launch(workers: int, argv: list[str]) -> int:

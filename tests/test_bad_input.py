@@ -231,6 +231,9 @@ ROWS: list[Row] = [
     Row("download-offline", VALUE, raw("download", "cifar10", "--data-dir", "dl"), ("cifar10", NETWORK), setup="dl",
         skip="online", timeout=60),
     Row("demo-seed-negative", VALUE, raw("demo", "--quick", "--seeds", "0,-1"), ("--seeds",), timeout=60),
+    Row("demo-workers-0", VALUE, raw("demo", "--quick", "--workers", "0"), ("--workers", "0"), timeout=60),
+    Row("demo-workers-above-cores", VALUE, raw("demo", "--quick", "--workers", "999"), ("--workers 999", "CPU core"),
+        timeout=60),
     Row("demo-seeds-repeated", VALUE, raw("demo", "--quick", "--seeds", "1,1"), ("repeats", "1,1"), timeout=60),
     Row("demo-seeds-not-numbers", VALUE, raw("demo", "--quick", "--seeds", "a,b"), ("a,b",), timeout=60),
 

@@ -21,7 +21,7 @@ STATUSES = {"holds", "fails", "not significant", "not measurable"}
 def demo(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(seeds=(0, 1), quick=True, runs_dir=str(d / "runs"), figures_dir=str(d / "figures"),
-                     report=str(d / "report.html"), progress=False)
+                     report=str(d / "report.html"), progress=False, workers=2)  # the process pool's path
     outcome = run_demo(cfg)
     return cfg, outcome, d
 
