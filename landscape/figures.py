@@ -261,7 +261,7 @@ def scatter_fig(analyses: list[RunAnalysis], sharpness: str, tests: GapTests):
         ))
     fig.update_layout(
         title=dict(text="Robust generalization gap vs sharpness<br><sup>" + "<br>".join(test_lines(tests)) + "</sup>"),
-        xaxis_title=SHARPNESS_LABEL[sharpness], yaxis_title="robust generalization gap", height=560,
-        margin=dict(t=140),
+        xaxis_title=SHARPNESS_LABEL[sharpness], yaxis_title="robust generalization gap", height=620,
+        margin=dict(t=190), title_y=0.97, title_yanchor="top",
     )
     return fig
