@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from awp.errors import UserError
+from awp.registry import Registry
 
 # A loss maps (logits [B, C], target) to per-example losses [B]; the target is labels [B] for
 # cross-entropy and margin losses, or natural-example probabilities [B, C] for TRADES' KL (Eq. 16).
@@ -92,7 +93,7 @@ class Linf:
 # L2 random starts: delta = eps * r * g / ||g|| with g ~ N(0, I) (a uniform direction) and r = radius(u, d),
 # u ~ U(0, 1) per example, d = pixels per example. A registry, so a new start is one entry.
 L2Radius = Callable[[Tensor, int], Tensor]
-L2_STARTS: dict[str, L2Radius] = {
+L2_STARTS: Registry[L2Radius] = Registry("L2 random start", {
     # The reference's (csdongxian/AWP and Rice et al.'s `attack_pgd`, norm "l_2": `delta.normal_()`, then
     # `delta *= r / ||delta|| * epsilon` with r ~ U(0, 1)): the radius is uniform in [0, eps], so starts
     # fill the ball radially and most lie well inside it.
@@ -100,14 +101,12 @@ L2_STARTS: dict[str, L2Radius] = {
     # Uniform in the L2 ball (volume): radius eps * u^(1/d). In d = 3,072 (CIFAR) u^(1/d) > 0.998 for all
     # but 0.2% of draws, so every start lies on the sphere.
     "ball": lambda u, d: u.pow(1.0 / d),
-}
+})
 
 
 def l2_start_radius(name: str) -> L2Radius:
     """The L2 start registered as `name`; an unknown name is a one-line `UserError` listing the known ones."""
-    if name not in L2_STARTS:
-        raise UserError(f"unknown L2 random start {name!r}; accepted: {', '.join(L2_STARTS)}")
-    return L2_STARTS[name]
+    return L2_STARTS.lookup(name)
 
 
 class L2:
@@ -131,13 +130,11 @@ class L2:
         return delta * scale
 
 
-NORMS: dict[str, ThreatModel] = {"linf": Linf(), "l2": L2()}
+NORMS: Registry[ThreatModel] = Registry("norm", {"linf": Linf(), "l2": L2()})
 
 
 def threat_model(norm: str) -> ThreatModel:
-    if norm not in NORMS:
-        raise UserError(f"unknown norm {norm!r}; accepted: {', '.join(NORMS)}")
-    return NORMS[norm]
+    return NORMS.lookup(norm)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from awp.attacks import AttackConfig, cross_entropy, pgd
-from awp.errors import UserError
+from awp.registry import Registry
 from awp.losses import TrainingLoss, at_loss
 
 # (model, x, y, attack, generator) -> x' [B, C, H, W] in [0, 1]; runs in the model's current mode.
@@ -38,21 +38,16 @@ class Method:
     summary: str
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(method: Method) -> Method:
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} registered twice")
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, method)
 
 
 def get_method(name: str) -> Method:
     """The registered method `name`; an unknown name is a `UserError` listing the known ones."""
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 register_method(Method("at", pgd_ce_adversary, at_loss, uses_awp=False, summary="vanilla PGD adversarial training (Madry et al.)"))

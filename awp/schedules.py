@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from awp.errors import UserError
+from awp.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,11 @@ class ScheduleSpec:
 
 
 Schedule = Callable[[ScheduleSpec, float], float]
-SCHEDULES: dict[str, Schedule] = {}
+SCHEDULES: Registry[Schedule] = Registry("lr schedule")
 
 
 def register_schedule(fn: Schedule) -> Schedule:
-    SCHEDULES[fn.__name__] = fn
-    return fn
+    return SCHEDULES.register(fn.__name__, fn)
 
 
 @register_schedule
@@ -61,9 +61,7 @@ def cyclic(spec: ScheduleSpec, t: float) -> float:
 
 
 def get_schedule(name: str) -> Schedule:
-    if name not in SCHEDULES:
-        raise UserError(f"unknown lr schedule {name!r}; accepted: {', '.join(SCHEDULES)}")
-    return SCHEDULES[name]
+    return SCHEDULES.lookup(name)
 
 
 def learning_rate(name: str, spec: ScheduleSpec, epoch: int, iteration: int, iterations: int) -> float:

@@ -19,6 +19,7 @@ from awp.attacks import AttackConfig, l2_start_radius, threat_model
 from awp.config import check_seed, parse_fraction
 from awp.data import dataset_info
 from awp.errors import UserError
+from awp.registry import Registry
 from awp.methods import get_method
 from awp.perturb import AWPConfig
 from awp.schedules import check_milestones, get_schedule
@@ -40,7 +41,7 @@ class CleanPass:
     summary: str
 
 
-CLEAN_PASSES: dict[str, CleanPass] = {
+CLEAN_PASSES: Registry[CleanPass] = Registry("--bn-clean", {
     # csdongxian/AWP AT_AWP/train_*.py (and Rice et al.'s train_cifar.py): after `opt.step()` (and the AWP
     # restore) `output = model(normalize(X))` runs in train mode for "Train Acc". Per step BN running stats
     # (momentum 0.1) then see K1 + 2 = 12 adversarial batches (PGD-10, its final loss pass, the training
@@ -49,14 +50,12 @@ CLEAN_PASSES: dict[str, CleanPass] = {
     "reference": CleanPass(True, True, "a train-mode forward on the clean batch after each step, as the reference"),
     # This project's first behaviour: BN running statistics only ever see adversarial batches.
     "frozen": CleanPass(False, False, "natural accuracy before the step with BatchNorm statistics frozen"),
-}
+})
 
 
 def clean_pass(name: str) -> CleanPass:
     """The `--bn-clean` behaviour registered as `name`; an unknown name is a one-line `UserError`."""
-    if name not in CLEAN_PASSES:
-        raise UserError(f"unknown --bn-clean {name!r}; accepted: {', '.join(CLEAN_PASSES)}")
-    return CLEAN_PASSES[name]
+    return CLEAN_PASSES.lookup(name)
 
 
 # Values a run file written before an option existed was trained with (not today's defaults), so that

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from awp.errors import UserError
+from awp.registry import Registry
 
 Direction = dict[str, Tensor]  # parameter name -> tensor shaped like that parameter
 
@@ -45,18 +45,16 @@ def no_normalize(d: Tensor, w: Tensor) -> Tensor:
     return d
 
 
-NORMALIZATIONS: dict[str, Normalization] = {
+NORMALIZATIONS: Registry[Normalization] = Registry("direction normalization", {
     "filter": filter_normalize,
     "layer": layer_normalize,
     "none": no_normalize,
-}
+})
 
 
 def normalization(name: str) -> Normalization:
     """The normalization registered as `name`; an unknown name is a one-line `UserError`."""
-    if name not in NORMALIZATIONS:
-        raise UserError(f"unknown direction normalization {name!r}; accepted: {', '.join(NORMALIZATIONS)}")
-    return NORMALIZATIONS[name]
+    return NORMALIZATIONS.lookup(name)
 
 
 def parameter_seed(seed: int, k: int, name: str) -> int:

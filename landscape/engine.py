@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from awp.attacks import AttackConfig, cross_entropy, model_mode, pgd, random_start
 from awp.data import batches as iter_batches
 from awp.errors import UserError
+from awp.registry import Registry
 from awp.evaluate import EvalSums, correct_sum, exact_count
 
 Params = dict[str, Tensor]  # parameter name -> tensor
@@ -280,13 +281,11 @@ def _bn_recalibrate(model: nn.Module, inputs: Sequence[Tensor]) -> Iterator[None
 
 # A BN mode is entered after the weights are set and before the point is evaluated.
 BNMode = Callable[[nn.Module, Sequence[Tensor]], ContextManager[None]]
-BN_MODES: dict[str, BNMode] = {"eval": _bn_eval, "recalibrate": _bn_recalibrate}
+BN_MODES: Registry[BNMode] = Registry("--bn mode", {"eval": _bn_eval, "recalibrate": _bn_recalibrate})
 
 
 def bn_mode(name: str) -> BNMode:
-    if name not in BN_MODES:
-        raise UserError(f"unknown --bn mode {name!r}; accepted: {', '.join(BN_MODES)}")
-    return BN_MODES[name]
+    return BN_MODES.lookup(name)
 
 
 # ---------------------------------------------------------------------------------------------

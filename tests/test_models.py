@@ -10,7 +10,7 @@ from torch import nn
 
 from awp.errors import UserError
 from awp.models import Normalize, create_model, list_models, register_model
-from awp.models.registry import _MODELS
+from awp.models.registry import MODELS
 from awp.models.vgg import SafeMaxPool2d
 
 REQUIRED = ("preactresnet18", "smallcnn", "vgg19_bn", "wrn34_10")
@@ -139,14 +139,14 @@ def test_wideresnet_rejects_a_bad_depth() -> None:
         _wideresnet("wrn", 30, 1, 10, 3)
 
 
-def test_duplicate_registration_warns_and_later_wins() -> None:
+def test_duplicate_registration_is_refused_like_every_registry() -> None:
     def _tmp_test_model(num_classes: int, in_channels: int) -> nn.Module:
         return nn.Flatten()
 
     try:
         register_model(_tmp_test_model)
-        with pytest.warns(UserWarning, match="registered twice"):
+        with pytest.raises(ValueError, match="registered twice"):
             register_model(_tmp_test_model)
         assert "_tmp_test_model" in list_models()
     finally:
-        _MODELS.pop("_tmp_test_model", None)
+        MODELS.unregister("_tmp_test_model")

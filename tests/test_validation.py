@@ -379,12 +379,12 @@ def test_create_model_works_under_an_ambient_meta_device():
 
 
 def test_the_size_check_draws_no_random_numbers():
-    from awp.models.registry import _MODELS, Normalize, NormalizedModel
+    from awp.models.registry import MODELS, Normalize, NormalizedModel
 
     torch.manual_seed(3)
     a = create_model("smallcnn", 10, 1, [0.3], [0.4], widths=WIDTHS)
     torch.manual_seed(3)
-    b = NormalizedModel(Normalize([0.3], [0.4], 1), _MODELS["smallcnn"](num_classes=10, in_channels=1, widths=WIDTHS))
+    b = NormalizedModel(Normalize([0.3], [0.4], 1), MODELS["smallcnn"](num_classes=10, in_channels=1, widths=WIDTHS))
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
 

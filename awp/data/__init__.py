@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from awp.errors import UserError
+from awp.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -44,34 +45,35 @@ class Splits:
     test: Dataset
 
 
-_LOADERS: dict[str, Callable[..., Splits]] = {}
-_INFOS: dict[str, DatasetInfo] = {}
+@dataclass(frozen=True)
+class DatasetEntry:
+    info: DatasetInfo
+    load: Callable[..., Splits]
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
 def _register(info: DatasetInfo):
     def deco(fn: Callable[..., Splits]) -> Callable[..., Splits]:
-        _LOADERS[info.name] = fn
-        _INFOS[info.name] = info
+        DATASETS.register(info.name, DatasetEntry(info, fn))
         return fn
 
     return deco
 
 
 def list_datasets() -> list[str]:
-    return sorted(_LOADERS)
+    return sorted(DATASETS)
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The `DatasetInfo` of `name`; an unknown name is a `UserError` listing the known ones."""
-    if name not in _INFOS:
-        raise UserError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
-    return _INFOS[name]
+    return DATASETS.lookup(name).info
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", *, seed: int = 0) -> Splits:
     """Load dataset `name` (train split augmented where the dataset calls for it)."""
-    dataset_info(name)
-    return _LOADERS[name](Path(data_dir), seed=seed)
+    return DATASETS.lookup(name).load(Path(data_dir), seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def _load_digits(data_dir: Path, seed: int = 0) -> Splits:
     # The train/test split is fixed (seed 0) so that every run and every checkpoint sees the same test set.
     test_idx, train_idx = stratified_split(labels, DIGITS_TEST_SIZE, seed=0)
     train = TensorDataset(x[train_idx], y[train_idx])
-    return Splits(_INFOS["digits"], train, train, TensorDataset(x[test_idx], y[test_idx]))
+    return Splits(DATASETS["digits"].info, train, train, TensorDataset(x[test_idx], y[test_idx]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ so attacks and weight perturbations never have to know about dataset statistics.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,24 +15,21 @@ from torch import nn
 
 from awp.config import check_allocation
 from awp.errors import UserError
+from awp.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
 
-_MODELS: dict[str, ModelBuilder] = {}
+MODELS: Registry[ModelBuilder] = Registry("model")
 
 
 def register_model(fn: ModelBuilder) -> ModelBuilder:
-    """File `fn` under its function name; a second builder with the same name replaces the first, with a warning."""
-    name = fn.__name__
-    if name in _MODELS:
-        warnings.warn(f"model {name!r} registered twice; the later builder wins", stacklevel=2)
-    _MODELS[name] = fn
-    return fn
+    """File `fn` under its function name (a name taken twice is a ValueError, as in every registry)."""
+    return MODELS.register(fn.__name__, fn)
 
 
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
-    return sorted(_MODELS)
+    return sorted(MODELS)
 
 
 def reject_unknown_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
@@ -112,9 +108,7 @@ def create_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build registered model `name` behind a `Normalize(mean, std)` layer; inputs are pixels in [0, 1]."""
-    builder = _MODELS.get(name)
-    if builder is None:
-        raise UserError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    builder = MODELS.lookup(name)
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}")
     if in_channels < 1:
