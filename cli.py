@@ -47,7 +47,6 @@ def _root(
     """Adversarial Weight Perturbation trainer and on-the-fly PGD weight-loss-landscape diagnostics."""
 
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="digits (embedded, default), cifar10, cifar100, svhn.")]
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where torchvision datasets live.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 

@@ -54,8 +54,3 @@ def parse_centred_range(text: str, name: str = "--alphas") -> np.ndarray:
         raise UserError(f"{name} {text!r} has no point at alpha = 0 (w itself), where rho(0) and acc(0) are read; "
                         f"give an odd NUM with MIN = -MAX, e.g. {hint}")
     return values
-
-
-def format_range(values: np.ndarray) -> str:
-    """The inverse of `parse_range` for an evenly spaced grid: 'MIN:MAX:NUM'."""
-    return f"{values[0]:g}:{values[-1]:g}:{len(values)}"

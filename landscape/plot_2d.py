@@ -17,11 +17,6 @@ import numpy as np  # noqa: E402
 from landscape.output import save_plotly_html, save_png  # noqa: E402
 
 
-def relative_landscape(g: np.ndarray, center: float) -> np.ndarray:
-    """|g(alpha, beta) - g(0, 0)| (Appendix B.2): the centre's own loss no longer hides flatness."""
-    return np.abs(np.asarray(g, dtype=float) - center)
-
-
 def _z(grid: np.ndarray) -> np.ndarray:
     """[n_alpha, n_beta] -> [n_beta, n_alpha] so x = alpha, y = beta."""
     return np.asarray(grid).T
