@@ -154,7 +154,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path):
         with pytest.raises(NonFiniteLoss, match="epoch 2, step 2.*keeps epochs up to 1"):
             train(_tiny(method="test-nan"), tmp_path / "r.h5")  # 3 steps per epoch: step 5 is epoch 2
     finally:
-        METHODS.pop("test-nan")
+        METHODS.unregister("test-nan")
     r = open_run(tmp_path / "r.h5")
     assert r.last_epoch == 1 and r.epochs_saved() == [1] and r.status.startswith("stopped: non-finite loss")
     assert issubclass(NonFiniteLoss, UserError)
