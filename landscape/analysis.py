@@ -185,6 +185,7 @@ class RunAnalysis:
     directions: dict[str, np.ndarray] = field(init=False)  # name -> [C, D], NaN for an incomplete direction
     sharpness_se: dict[str, np.ndarray] = field(init=False)  # name -> [C], over examples (NaN: not known)
     gap: np.ndarray = field(init=False)  # gap at the probed epochs [C]
+    gap_se: np.ndarray = field(init=False)  # its standard error over examples [C]
 
     def __post_init__(self) -> None:
         res = self.landscapes
@@ -200,6 +201,7 @@ class RunAnalysis:
         for v in self.directions.values():
             v[~np.isfinite(curves).all(axis=-1)] = np.nan
         self.gap = np.array([self.curves.at(int(e), self.curves.gap) for e in self.epochs])
+        self.gap_se = np.array([self.curves.at(int(e), self.curves.gap_se) for e in self.epochs])
 
     def final(self, sharpness: str) -> tuple[float, float]:
         """(sharpness, gap) at the last epoch: the run's point across runs (Figure 1b)."""

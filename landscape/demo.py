@@ -25,13 +25,14 @@ from awp.config import check_seed
 from awp.data import dataset_labels, stratified_split
 from awp.errors import Interrupted, UserError
 from awp.methods import METHODS
-from awp.rundata import take
+from awp.rundata import RunData, take
 from awp.safeio import check_dir, check_output, provenance, signed
 from awp.stopping import graceful_stop, stop_requested
-from awp.store import open_run
+from awp.store import RunReader, open_run
+from awp.trainconfig import TrainConfig
 from landscape import claims as cl
 from landscape import figures
-from landscape.analysis import GapConfig, RunAnalysis, analyse, check_figures, gap_tests, landscape_path, proportion_se
+from landscape.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_figures, gap_tests, landscape_path, proportion_se
 from landscape.claims import Checkpoint, Claim
 from landscape.probe import ProbeConfig, run_probe
 from landscape.report import write_report
@@ -201,6 +202,17 @@ def check_outputs(cfg: DemoConfig) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _RunContext:
+    """What attacking any checkpoint of one run needs, built once per run: its reader, config, data
+    and one model whose weights are swapped per epoch."""
+
+    reader: RunReader
+    config: TrainConfig
+    data: RunData
+    model: torch.nn.Module
+
+
 class Correctness:
     """Per-example robust correctness of run checkpoints under each run's evaluation attack (eval mode,
     the run's seeded random starts), cached: claims (1) and (3) share AT's last checkpoint."""
@@ -208,6 +220,14 @@ class Correctness:
     def __init__(self, device: str) -> None:
         self.device = device
         self._cache: dict[tuple[str, int, str], np.ndarray] = {}
+        self._runs: dict[str, _RunContext] = {}
+
+    def run(self, run: str | Path) -> _RunContext:
+        if str(run) not in self._runs:
+            reader = open_run(run)
+            model = reader.build_model(reader.last_epoch, self.device)
+            self._runs[str(run)] = _RunContext(reader, reader.train_config(), reader.data(), model)
+        return self._runs[str(run)]
 
     def __call__(self, run: str | Path, epoch: int, which: str, idx: np.ndarray | None = None) -> np.ndarray:
         """[N] 1/0 on the run's fixed training subset ('train') or test set ('test'), or on test examples
@@ -216,13 +236,12 @@ class Correctness:
 
         key = (str(run), epoch, which)
         if key not in self._cache:
-            reader = open_run(run)
-            tcfg = reader.train_config()
-            data = reader.data()
+            ctx = self.run(run)
+            data = ctx.data
             ds = data.train_eval if which == "train" else data.test if which == "test" else take(data.test, idx)
-            model = reader.build_model(epoch, self.device)
-            self._cache[key] = robust_correct(model, ds, tcfg.eval_attack, batch_size=tcfg.eval_batch_size,
-                                              device=self.device, seed=tcfg.seed).numpy()
+            ctx.reader.load_into(ctx.model, epoch)
+            self._cache[key] = robust_correct(ctx.model, ds, ctx.config.eval_attack, batch_size=ctx.config.eval_batch_size,
+                                              device=self.device, seed=ctx.config.seed).numpy()
         return self._cache[key]
 
 
@@ -239,12 +258,11 @@ def select_best(run: str | Path, correct: Correctness, console: Console | None =
     """The run's validation-split best epoch if it was trained with `--val-split`; otherwise the saved
     epoch with the highest robust accuracy on one (class-stratified) half of the test set, the other
     half measuring it. Ties go to the earliest epoch."""
-    reader = open_run(run)
-    n_test = len(reader.data().test)
+    ctx = correct.run(run)
+    reader, test = ctx.reader, ctx.data.test
     if reader.best_val_epoch is not None:
-        return Selection(reader.best_val_epoch, "chosen on the validation split", np.arange(n_test))
-    labels = dataset_labels(reader.data().test)
-    choose, measure = stratified_split(labels, n_test // 2, SELECT_SEED)
+        return Selection(reader.best_val_epoch, "chosen on the validation split", np.arange(len(test)))
+    choose, measure = stratified_split(dataset_labels(test), len(test) // 2, SELECT_SEED)
     epochs = reader.epochs_saved()
     if console is not None:
         console.print(f"{Path(run).name}: choosing the best of {len(epochs)} saved epochs on {len(choose)} test examples")
@@ -313,9 +331,8 @@ def seed_claims(analyses: list[RunAnalysis], gap_cfg: GapConfig, seed: int, devi
     return out
 
 
-def study_claims(per_seed: dict[int, list[Claim]], analyses: list[RunAnalysis], sharp: str) -> list[Claim]:
-    """Over all seeds: (2a) and (2b) from every run's points, the other claims with the seeds as units."""
-    tests = gap_tests(analyses, sharp)
+def study_claims(per_seed: dict[int, list[Claim]], tests: GapTests) -> list[Claim]:
+    """Over all seeds: (2a) and (2b) from the tests over every run, the other claims with the seeds as units."""
     by_key: dict[str, list[Claim]] = {}
     for claims in per_seed.values():
         for c in claims:
@@ -418,8 +435,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoOutcome:
     by_seed = {s: analyses[i * n:(i + 1) * n] for i, s in enumerate(cfg.seeds)}
     console.rule("measuring the claims")
     per_seed = {s: seed_claims(a, gap_cfg, s, cfg.device, console if cfg.progress else None) for s, a in by_seed.items()}
-    study = study_claims(per_seed, analyses, sharp)
     tests = gap_tests(analyses, sharp)
+    study = study_claims(per_seed, tests)
     out = Path(cfg.figures_dir)
     first = by_seed[cfg.seeds[0]]
     with signed(fig_tag):

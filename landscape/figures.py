@@ -226,8 +226,7 @@ def scatter_png(analyses: list[RunAnalysis], sharpness: str, tests: GapTests, pa
     for i, a in enumerate(analyses):
         x, y = a.sharpness[sharpness], a.gap
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
-        y_se = np.array([a.curves.at(int(e), a.curves.gap_se) for e in a.epochs])
-        ax.errorbar(x, y, xerr=BAND_Z * a.sharpness_se[sharpness], yerr=BAND_Z * y_se, fmt="none", ecolor=colour,
+        ax.errorbar(x, y, xerr=BAND_Z * a.sharpness_se[sharpness], yerr=BAND_Z * a.gap_se, fmt="none", ecolor=colour,
                     elinewidth=0.7, alpha=0.5, capsize=0)
         sc = ax.scatter(x, y, c=a.epochs, cmap="viridis", edgecolors=colour, linewidths=1.6, s=46, zorder=3,
                         label=f"{a.curves.label} · {a.curves.path.stem}")
@@ -254,7 +253,7 @@ def scatter_fig(analyses: list[RunAnalysis], sharpness: str, tests: GapTests):
             text=[str(e) for e in a.epochs], marker=dict(size=10, color=RUN_COLOURS[i % len(RUN_COLOURS)]),
             line=dict(width=0.8), error_x=dict(type="data", array=BAND_Z * a.sharpness_se[sharpness], visible=True,
                                                thickness=0.8),
-            error_y=dict(type="data", array=BAND_Z * np.array([a.curves.at(int(e), a.curves.gap_se) for e in a.epochs]),
+            error_y=dict(type="data", array=BAND_Z * a.gap_se,
                          visible=True, thickness=0.8),
             hovertemplate="epoch %{text}<br>sharpness %{x:.4f} ± %{error_x.array:.4f}<br>gap %{y:.3f} ± %{error_y.array:.3f}<extra>"
                           + a.curves.label + "</extra>",

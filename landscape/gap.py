@@ -62,8 +62,7 @@ def print_gap(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, cons
     for col in ("run", "epoch", "train rob.", "test rob.", "gap ± se", sharpness, "± se", ""):
         table.add_column(col, justify="left" if col in ("run", "") else "right")
     for a in analyses:
-        for e, g, s, se in zip(a.epochs, a.gap, a.sharpness[sharpness], a.sharpness_se[sharpness]):
-            g_se = a.curves.at(e, a.curves.gap_se)
+        for e, g, g_se, s, se in zip(a.epochs, a.gap, a.gap_se, a.sharpness[sharpness], a.sharpness_se[sharpness]):
             mark = "best" if e == a.curves.best_epoch else ("last" if e == a.curves.last_epoch else "")
             table.add_row(a.curves.label, str(e), f"{a.curves.at(e, a.curves.train_adv):.3f}",
                           f"{a.curves.at(e, a.curves.test_adv):.3f}",
