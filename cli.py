@@ -87,8 +87,8 @@ def demo(
 ) -> None:
     """The main job on the embedded digits: train every method, probe landscapes, check the paper's claims."""
     from awp.config import resolve_device
-    from landscape.demo import DemoConfig, default_workers, parse_seeds, run_demo
-    from landscape.dist import check_workers
+    from landscape.commands.demo import DemoConfig, default_workers, parse_seeds, run_demo
+    from landscape.pipeline.dist import check_workers
 
     resolve_device(device)
     seed_list = parse_seeds(seeds)
@@ -256,7 +256,7 @@ def probe(
 ) -> None:
     """The 1-D weight loss landscape rho(w + alpha d) with PGD on the fly, along repeated random directions, with sharpness."""
     from awp.config import parse_fraction
-    from landscape.probe import ProbeConfig, rerender, run_probe
+    from landscape.commands.probe import ProbeConfig, rerender, run_probe
 
     r = parse_fraction(radius, "--radius") if radius is not None else None
     if from_results is not None:
@@ -326,7 +326,7 @@ def plot2d(
 ) -> None:
     """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready."""
     from awp.config import parse_fraction
-    from landscape.plane import Plot2DConfig, prepare, rerender, run_plot2d
+    from landscape.commands.plot2d import Plot2DConfig, prepare, rerender, run_plot2d
 
     if from_results is not None:
         if ckpt is not None:
@@ -343,7 +343,7 @@ def plot2d(
         normalize=normalize.value, include_bn=include_bn, bn=bn.value, bn_batches=bn_batches, chunk=chunk,
         device=device, out=str(out) if out else None, overwrite=overwrite, progress=not quiet,
     )
-    from landscape.dist import check_workers, launch
+    from landscape.pipeline.dist import check_workers, launch
 
     check_workers(workers, device, oversubscribe)
     if workers > 1:
@@ -365,7 +365,7 @@ class Sharpness(str, Enum):
 def _gap_config(runs: list[Path], every: int, sharpness: Sharpness, dirs: int, alphas: str, pgd: Optional[int],
                 samples: int, seed: int, device: str, quiet: bool, overwrite: bool, out_dir: Path = Path("figures"),
                 prefix: str = "gap"):
-    from landscape.analysis import GapConfig
+    from landscape.commands.analysis import GapConfig
 
     return GapConfig(runs=tuple(str(r) for r in runs), every=every, sharpness=sharpness.value, dirs=dirs, alphas=alphas,
                      steps=pgd, samples=samples, seed=seed, device=device, out_dir=str(out_dir), prefix=prefix,
@@ -399,7 +399,7 @@ def gap(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Robust generalization gap vs landscape sharpness over epochs and runs (Figure 1), with correlations."""
-    from landscape.gap import run_gap
+    from landscape.commands.gap import run_gap
 
     run_gap(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite, out_dir, prefix))
 
@@ -421,7 +421,7 @@ def report(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """One self-contained, offline HTML report: configs, curves, landscapes, 2-D plots, gap vs sharpness."""
-    from landscape.report import write_report
+    from landscape.commands.report import write_report
 
     path = write_report(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite), out, title)
     typer.echo(f"report: {path}")

@@ -196,10 +196,11 @@ def pgd(
     model: nn.Module,
     x: Tensor,
     target: Tensor,
+    attack: AttackConfig | None = None,
     *,
-    eps: float,
-    step_size: float,
-    steps: int,
+    eps: float | None = None,
+    step_size: float | None = None,
+    steps: int | None = None,
     norm: str = "linf",
     loss_fn: LossFn = cross_entropy,
     random_start: bool = True,
@@ -211,11 +212,20 @@ def pgd(
     """PGD (Eq. 14): `steps` ascent steps of size `step_size` on `loss_fn`, projected onto the eps-ball
     and [0, 1]. Returns detached adversarial inputs shaped like `x` [B, C, H, W].
 
+    The attack is an `AttackConfig` (norm, eps, step size, steps, random start, L2 start), or, without
+    one, the keywords `eps`, `step_size`, `steps` (and `norm`, `random_start`, `l2_start`).
     `delta0` fixes the random start (else one is drawn from `generator` when `random_start`, for L2
     from the `l2_start` distribution of `L2_STARTS`).
     `train_mode` None keeps the model's mode (the reference AT code attacks in train mode);
     True/False switch for the attack and restore the caller's mode afterwards.
     """
+    if attack is not None:
+        if (eps, step_size, steps) != (None, None, None):
+            raise TypeError("pgd takes an AttackConfig or eps/step_size/steps, not both")
+        eps, step_size, steps, norm = attack.eps, attack.step_size, attack.steps, attack.norm
+        random_start, l2_start = attack.random_start, attack.l2_start
+    elif eps is None or step_size is None or steps is None:
+        raise TypeError("pgd needs an AttackConfig or all of eps, step_size and steps")
     tm = threat_model(norm)
     if delta0 is None:
         delta0 = tm.random_delta(x, eps, generator, l2_start) if random_start and eps > 0 else torch.zeros_like(x)

@@ -48,9 +48,7 @@ def attacked_batches(
     gen = torch.Generator().manual_seed(seed)
     with model_mode(model, train=False):
         for x, y in batches(ds, batch_size, device=device):
-            x_adv = pgd(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
-                        norm=attack.norm, random_start=attack.random_start, generator=gen,
-                        l2_start=attack.l2_start)
+            x_adv = pgd(model, x, y, attack, generator=gen)
             yield x, y, x_adv
 
 

@@ -30,8 +30,8 @@ from awp.attacks import AttackConfig, cross_entropy, pgd  # noqa: E402
 from awp.config import resolve_device  # noqa: E402
 from awp.data import class_stratified_subset, load_dataset  # noqa: E402
 from awp.models import create_model  # noqa: E402
-from landscape import engine  # noqa: E402
-from landscape.directions import random_direction  # noqa: E402
+from landscape.core import engine  # noqa: E402
+from landscape.core.directions import random_direction  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -122,7 +122,7 @@ def main() -> None:
     if a.full:
         from rich.console import Console
 
-        from landscape.probe import ProbeConfig, run_probe
+        from landscape.commands.probe import ProbeConfig, run_probe
 
         with tempfile.TemporaryDirectory() as tmp:
             pt = Path(tmp) / "model.pt"

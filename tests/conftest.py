@@ -61,7 +61,7 @@ def as_version_1(path) -> None:
     """A probe results file as version 1 (before the standard errors) wrote it."""
     import h5py
 
-    from landscape.results import STANDARD_ERRORS
+    from landscape.storage.results import STANDARD_ERRORS
 
     with h5py.File(path, "r+") as f:
         for k in STANDARD_ERRORS:

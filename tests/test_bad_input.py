@@ -604,9 +604,9 @@ for line in sys.stdin:
     print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
 """
 PRELOAD = ("torch,numpy,h5py,typer,rich.console,rich.progress,rich.table,cli,awp.config,awp.trainconfig,"
-           "awp.store,awp.train,awp.data,awp.models,awp.runinfo,awp.evaluate,landscape.checkpoints,landscape.probe,"
-           "landscape.plane,landscape.analysis,landscape.report,landscape.gap,landscape.demo,landscape.dist,"
-           "landscape.figures,matplotlib.pyplot,plotly.graph_objects")
+           "awp.store,awp.train,awp.data,awp.models,awp.runinfo,awp.evaluate,landscape.storage.sources,landscape.commands.probe,"
+           "landscape.commands.plot2d,landscape.commands.analysis,landscape.commands.report,landscape.commands.gap,landscape.commands.demo,landscape.pipeline.dist,"
+           "landscape.figures.study,matplotlib.pyplot,plotly.graph_objects")
 FRESH = os.environ.get("BAD_INPUT_FRESH", "") not in ("", "0")
 CHILD_EXTRA_KB = 3_000_000  # address space a forked row may add to the server's
 

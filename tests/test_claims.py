@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from landscape import claims as cl
-from landscape.claims import Checkpoint, Claim, Part, combine
-from landscape.stats import CorrelationTest, Estimate, within_runs
+from landscape.core import claims as cl
+from landscape.core.claims import Checkpoint, Claim, Part, combine
+from landscape.core.stats import CorrelationTest, Estimate, within_runs
 
 RNG = np.random.default_rng(0)
 
@@ -133,7 +133,7 @@ def test_across_seeds_uses_seeds_as_units():
 
 @pytest.mark.parametrize("text,expected", [("0,1,2", (0, 1, 2)), ("7", (7,)), (" 3, 4 ", (3, 4))])
 def test_parse_seeds(text, expected):
-    from landscape.demo import parse_seeds
+    from landscape.commands.demo import parse_seeds
 
     assert parse_seeds(text) == expected
 
@@ -141,7 +141,7 @@ def test_parse_seeds(text, expected):
 @pytest.mark.parametrize("text,needle", [("1,1", "repeats"), ("a", "integers"), ("", "at least one"), ("-1", "--seeds")])
 def test_parse_seeds_rejects(text, needle):
     from awp.errors import UserError
-    from landscape.demo import parse_seeds
+    from landscape.commands.demo import parse_seeds
 
     with pytest.raises(UserError, match=needle):
         parse_seeds(text)

@@ -9,7 +9,7 @@ import torch
 
 from awp.errors import UserError
 from awp.models import create_model
-from landscape.directions import NORMALIZATIONS, random_direction
+from landscape.core.directions import NORMALIZATIONS, random_direction
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import torch
 from awp.attacks import AttackConfig, cross_entropy, pgd
 from awp.data import batches, class_stratified_subset
 from awp.models import create_model
-from landscape.directions import random_direction
-from landscape.engine import (
+from landscape.core.directions import random_direction
+from landscape.core.engine import (
     adversarial_examples,
     evaluate_at,
     evaluate_point,

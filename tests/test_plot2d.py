@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from landscape import engine
-from landscape.plane import PlaneResults, Plot2DConfig, run_plot2d
+from landscape.core import engine
+from landscape.commands.plot2d import PlaneResults, Plot2DConfig, run_plot2d
 
 VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
 
@@ -45,9 +45,9 @@ def test_cells_match_single_points_on_a_non_square_grid(full, run_file):
     assert res.values["adv_loss"].shape == (5, 3) and res.done.all()
     assert list(res.alphas) == list(np.linspace(-1, 1, 5)) and list(res.betas) == [-0.5, 0.0, 0.5]
     # Recompute cells independently with the engine: cell (i, j) is w + alphas[i] d + betas[j] e.
-    from landscape.checkpoints import open_source
-    from landscape.directions import random_direction
-    from landscape.probe import probe_data, resolve_attack
+    from landscape.storage.sources import open_source
+    from landscape.core.directions import random_direction
+    from landscape.commands.probe import probe_data, resolve_attack
 
     cfg = _cfg(run_file, full)
     source = open_source(cfg.checkpoint, cfg.epochs, None, None, cfg.data_dir)
@@ -67,7 +67,7 @@ def test_cells_match_single_points_on_a_non_square_grid(full, run_file):
 
 
 def test_orientation_in_the_figures(full):
-    from landscape.plot_2d import html_figure
+    from landscape.figures.plane import html_figure
 
     res = PlaneResults.load(full)
     rel = res.relative()
@@ -182,8 +182,8 @@ def test_kill_9_then_rerun_ends_with_the_same_numbers(run_file, tmp_path):
 
 
 def test_beta_zero_row_is_probes_first_direction(full, run_file, tmp_path):
-    from landscape.probe import ProbeConfig, run_probe
-    from landscape.results import ProbeResults
+    from landscape.commands.probe import ProbeConfig, run_probe
+    from landscape.storage.results import ProbeResults
 
     out = tmp_path / "probe.h5"
     run_probe(ProbeConfig(checkpoint=str(run_file), alphas="-1:1:5", dirs=1, steps=2, samples=40, batch_size=20,

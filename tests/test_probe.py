@@ -12,9 +12,9 @@ from rich.console import Console
 
 from awp.attacks import AttackConfig
 from awp.errors import UserError
-from landscape import probe as probe_mod
-from landscape.probe import ProbeConfig, rerender, run_probe
-from landscape.results import FIELDS, STANDARD_ERRORS, ProbeResults, StaleResults, weights_sha256
+from landscape.commands import probe as probe_mod
+from landscape.commands.probe import ProbeConfig, rerender, run_probe
+from landscape.storage.results import FIELDS, STANDARD_ERRORS, ProbeResults, StaleResults, weights_sha256
 from conftest import as_version_1
 
 FAST = dict(alphas="-0.5:0.5:5", dirs=2, steps=2, samples=60, batch_size=32, device="cpu", progress=False)
@@ -160,7 +160,7 @@ def test_a_version_1_file_is_redrawn_but_not_resumed(run_file, reference, tmp_pa
 def test_gap_recomputes_a_version_1_cache(run_file, tmp_path):
     import shutil
 
-    from landscape.analysis import GapConfig, landscape_path, probe_run
+    from landscape.commands.analysis import GapConfig, landscape_path, probe_run
 
     run = tmp_path / "run.h5"
     shutil.copy(run_file, run)

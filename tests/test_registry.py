@@ -41,8 +41,8 @@ def test_every_named_choice_is_a_registry():
     from awp.models.registry import MODELS
     from awp.schedules import SCHEDULES
     from awp.trainconfig import CLEAN_PASSES
-    from landscape.directions import NORMALIZATIONS
-    from landscape.engine import BN_MODES
+    from landscape.core.directions import NORMALIZATIONS
+    from landscape.core.engine import BN_MODES
 
     for reg in (L2_STARTS, NORMS, DATASETS, METHODS, MODELS, SCHEDULES, CLEAN_PASSES, NORMALIZATIONS, BN_MODES):
         assert isinstance(reg, Registry) and len(reg) >= 2, reg

@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 import pytest
 
 from conftest import run_cli
-from landscape import engine
-from landscape.demo import DemoConfig, run_demo
+from landscape.core import engine
+from landscape.commands.demo import DemoConfig, run_demo
 
 STATUSES = {"holds", "fails", "not significant", "not measurable"}
 
@@ -49,7 +49,7 @@ def test_demo_judges_every_claim_per_seed_and_over_seeds(demo):
 
 
 def test_second_analysis_computes_nothing(demo, monkeypatch):
-    from landscape.analysis import analyse
+    from landscape.commands.analysis import analyse
 
     cfg, _, d = demo
     runs = [str(p) for p in sorted((d / "runs").glob("digits-*-quick.h5"))]
@@ -140,8 +140,8 @@ def test_report_renders_in_chromium(demo, tmp_path):
 
 
 def test_report_includes_2d_landscapes_of_its_runs(demo, tmp_path):
-    from landscape.plane import Plot2DConfig, run_plot2d
-    from landscape.report import write_report
+    from landscape.commands.plot2d import Plot2DConfig, run_plot2d
+    from landscape.commands.report import write_report
 
     cfg, _, d = demo
     runs = sorted(str(p) for p in (d / "runs").glob("digits-*-quick.h5"))

@@ -67,7 +67,7 @@ def test_a_figure_of_ours_is_redrawn_only_by_the_same_command_on_the_same_inputs
     import matplotlib.pyplot as plt
     import plotly.graph_objects as go
 
-    from landscape.output import save_plotly_html, save_png
+    from landscape.figures.output import save_plotly_html, save_png
 
     tag = provenance("probe", [tmp_path / "a.h5"], tmp_path)
     assert tag != provenance("probe", [tmp_path / "b.h5"], tmp_path) != provenance("gap", [tmp_path / "a.h5"], tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from awp.errors import UserError
-from landscape.metrics import check_radius, curvature, default_radius, rise, sharpness, value_at
+from landscape.core.sharpness import check_radius, curvature, default_radius, rise, sharpness, value_at
 
 ALPHAS = np.linspace(-1, 1, 41)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from landscape.stats import (
+from landscape.core.stats import (
     MIN_UNITS, Estimate, across_runs, first_differences, fisher_interval, gap_change, paired_bootstrap_diff, spearman,
     variance_inflation,
     _spearman_along, t_interval, verdict, welch_interval, within_runs,

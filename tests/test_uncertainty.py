@@ -16,10 +16,10 @@ from matplotlib.collections import PolyCollection
 
 from awp.attacks import AttackConfig, cross_entropy, pgd
 from awp.data import class_stratified_subset
-from landscape import metrics
-from landscape.directions import random_direction
-from landscape.engine import PointSums, evaluate_at, evaluate_point, fixed_batches, mean_se, perturbed, snapshot
-from landscape.results import FIELDS, STANDARD_ERRORS, CheckpointId, ProbeResults, StaleResults
+from landscape.core import sharpness as metrics
+from landscape.core.directions import random_direction
+from landscape.core.engine import PointSums, evaluate_at, evaluate_point, fixed_batches, mean_se, perturbed, snapshot
+from landscape.storage.results import FIELDS, STANDARD_ERRORS, CheckpointId, ProbeResults, StaleResults
 from conftest import as_version_1
 
 ATTACK = AttackConfig("linf", eps=0.2, step_size=0.05, steps=2)
@@ -180,7 +180,7 @@ def test_a_version_1_file_loads_without_standard_errors_but_is_not_resumed(tmp_p
 
 
 def test_plane_results_store_standard_errors_and_refuse_an_old_file(tmp_path):
-    from landscape.plane import FIELDS as PLANE_FIELDS, PlaneResults
+    from landscape.commands.plot2d import FIELDS as PLANE_FIELDS, PlaneResults
 
     res = PlaneResults(np.array([-1.0, 0.0, 1.0]), np.array([-1.0, 1.0]), {"seed": 0},
                        CheckpointId("r.h5", 1, "0" * 64, "epoch 1"))
@@ -209,7 +209,7 @@ def test_plane_results_store_standard_errors_and_refuse_an_old_file(tmp_path):
 def test_probe_png_draws_the_bands(tmp_path):
     import matplotlib.pyplot as plt
 
-    from landscape.plot import draw_probe, save_probe_png
+    from landscape.figures.curves import draw_probe, save_probe_png
 
     res = _results()
     for k in range(3):
@@ -246,7 +246,7 @@ def test_probe_png_draws_the_bands(tmp_path):
 
 
 def _analysis(res: ProbeResults):
-    from landscape.analysis import RunAnalysis, RunCurves
+    from landscape.commands.analysis import RunAnalysis, RunCurves
 
     epochs = np.array([1, 2])
     z = np.array([0.5, 0.6])
@@ -256,7 +256,7 @@ def _analysis(res: ProbeResults):
 
 
 def test_html_slider_has_band_traces_with_value_and_se_on_hover(tmp_path):
-    from landscape import figures
+    from landscape.figures import study as figures
 
     res = _results(checkpoints=2)
     for c in range(2):
@@ -288,7 +288,7 @@ def test_html_slider_has_band_traces_with_value_and_se_on_hover(tmp_path):
 def test_gap_landscapes_png_draws_a_band_per_epoch(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from landscape import figures
+    from landscape.figures import study as figures
 
     res = _results(checkpoints=2)
     for c in range(2):

@@ -1,7 +1,7 @@
 """`landscape demo`: the whole study on the embedded digits, in minutes on 2 CPU cores.
 
 For each seed it trains every registered method (AT, AT-AWP, ...), probes their landscapes over
-epochs, and judges the paper's qualitative claims on the numbers it just computed (`landscape.claims`:
+epochs, and judges the paper's qualitative claims on the numbers it just computed (`landscape.core.claims`:
 every part from an interval); over several seeds it judges them again with the seeds as the units.
 It writes the Figure-1 figures and `report.html`.
 """
@@ -30,13 +30,13 @@ from awp.safeio import check_dir, check_output, provenance, signed
 from awp.stopping import graceful_stop, stop_requested
 from awp.store import RunReader, open_run
 from awp.trainconfig import TrainConfig
-from landscape import claims as cl
-from landscape import figures
-from landscape.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_figures, gap_tests, landscape_path, proportion_se
-from landscape.claims import Checkpoint, Claim
-from landscape.probe import ProbeConfig, run_probe
-from landscape.report import write_report
-from landscape.stats import HOLDS, FAILS
+from landscape.core import claims as cl
+from landscape.figures import study as figures
+from landscape.commands.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_figures, gap_tests, landscape_path, proportion_se
+from landscape.core.claims import Checkpoint, Claim
+from landscape.commands.probe import ProbeConfig, run_probe
+from landscape.commands.report import write_report
+from landscape.core.stats import HOLDS, FAILS
 
 SELECT_SEED = 0  # which half of the test set chooses the best epoch (the same halves for every run)
 
@@ -95,7 +95,7 @@ class DemoConfig:
 def default_workers(seeds: tuple[int, ...], device: str) -> int:
     """One process per usable CPU core, at most one per run; one on a GPU."""
     from awp.config import resolve_device
-    from landscape.dist import usable_cpus
+    from landscape.pipeline.dist import usable_cpus
 
     if resolve_device(device).type == "cuda":
         return 1
@@ -123,7 +123,7 @@ def _train_one(cfg: DemoConfig, method: str, seed: int, path: Path, console: Con
 
 def _prepare_run(cfg: DemoConfig, method: str, seed: int, path: str) -> str:
     """In a worker process: one run trained and its landscapes probed into the cache beside it."""
-    from landscape.analysis import probe_run
+    from landscape.commands.analysis import probe_run
 
     torch.set_num_threads(1)
     _train_one(cfg, method, seed, Path(path), Console(quiet=True))

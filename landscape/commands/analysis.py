@@ -17,14 +17,14 @@ from awp.config import check_positive_int, check_seed
 from awp.errors import UserError
 from awp.safeio import check_dir, check_output, provenance, same_file
 from awp.store import open_run
-from landscape.coords import parse_centred_range
-from landscape.probe import ProbeConfig, check_outputs, run_probe
-from landscape.results import StaleResults
-from landscape.results import ProbeResults
-from landscape import metrics
-from landscape.stats import MIN_UNITS, CorrelationTest, across_runs, within_runs
+from landscape.core.coords import parse_centred_range
+from landscape.commands.probe import ProbeConfig, check_outputs, run_probe
+from landscape.storage.results import StaleResults
+from landscape.storage.results import ProbeResults
+from landscape.core import sharpness as metrics
+from landscape.core.stats import MIN_UNITS, CorrelationTest, across_runs, within_runs
 
-SHARPNESS = ("rise", "curvature")  # fields of `landscape.metrics.Sharpness` usable as the x axis
+SHARPNESS = ("rise", "curvature")  # fields of `landscape.core.sharpness.Sharpness` usable as the x axis
 
 
 @dataclass
@@ -227,7 +227,7 @@ class GapTests:
 
 def gap_tests(analyses: list[RunAnalysis], sharpness: str, seed: int = 0) -> GapTests:
     """Spearman of the epoch-to-epoch changes within runs, and of the final points across runs
-    (`landscape.stats.within_runs` / `across_runs`); too few units give a test without an estimate."""
+    (`landscape.core.stats.within_runs` / `across_runs`); too few units give a test without an estimate."""
     within = within_runs([(a.sharpness[sharpness], a.gap) for a in analyses], seed=seed)
     final = np.array([a.final(sharpness) for a in analyses]).reshape(-1, 2)
     return GapTests(within, across_runs(final[:, 0], final[:, 1], seed=seed))

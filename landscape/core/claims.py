@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from landscape.stats import (
+from landscape.core.stats import (
     FAILS, HOLDS, NOT_MEASURABLE, NOT_SIGNIFICANT, CorrelationTest, Estimate, gap_change, paired_bootstrap_diff,
     t_interval, verdict, welch_interval,
 )

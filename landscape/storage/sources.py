@@ -25,7 +25,7 @@ from awp.attacks import AttackConfig
 from awp.errors import UserError
 from awp.models import create_model
 from awp.models.loading import load_weights, strip_prefix  # noqa: F401  (re-exported: landscape's old home)
-from landscape.results import CheckpointId, weights_sha256
+from landscape.storage.results import CheckpointId, weights_sha256
 
 
 @dataclass

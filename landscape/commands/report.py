@@ -14,13 +14,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from landscape import figures
+from landscape.figures import study as figures
 from awp.safeio import check_output, provenance, signed
-from landscape.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, gap_tests, landscape_path
-from landscape.plane import FORMAT as PLANE_FORMAT
-from landscape.plane import PlaneResults
-from landscape.output import save_text
-from landscape.plot_2d import html_figure
+from landscape.commands.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, gap_tests, landscape_path
+from landscape.commands.plot2d import FORMAT as PLANE_FORMAT
+from landscape.commands.plot2d import PlaneResults
+from landscape.figures.output import save_text
+from landscape.figures.plane import html_figure
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

@@ -25,11 +25,13 @@ from awp.data import class_stratified_subset
 from awp.errors import Interrupted, UserError
 from awp.safeio import check_output, exclusive, provenance, same_file, signed
 from awp.stopping import graceful_stop, stop_requested
-from landscape import coords, engine, metrics
-from landscape.checkpoints import Source, open_source
-from landscape.directions import random_direction
-from landscape.options import LandscapeOptions
-from landscape.results import FORMAT, ProbeResults, refuse_if_stale
+from landscape.core import coords
+from landscape.core import engine
+from landscape.core import sharpness as metrics
+from landscape.storage.sources import Source, open_source
+from landscape.core.directions import random_direction
+from landscape.commands.options import LandscapeOptions
+from landscape.storage.results import FORMAT, ProbeResults, refuse_if_stale
 
 # Keys that change only how the numbers are shown, not the numbers: a resumed probe may change them.
 VIEW_KEYS = ("radius", "fit_radius")
@@ -284,7 +286,7 @@ def _run_probe(cfg: ProbeConfig, console: Console, out: Path, png: Path, tag: st
 
 
 def render(results: ProbeResults, png: Path) -> None:
-    from landscape.plot import save_probe_png
+    from landscape.figures.curves import save_probe_png
 
     save_probe_png(results, png)
 

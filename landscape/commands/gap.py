@@ -12,10 +12,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from landscape import figures
+from landscape.figures import study as figures
 from awp.safeio import signed
-from landscape.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, check_figures, gap_tests
-from landscape.output import save_plotly_html
+from landscape.commands.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, check_figures, gap_tests
+from landscape.figures.output import save_plotly_html
 
 
 @dataclass

@@ -27,13 +27,14 @@ from awp.errors import Interrupted, UserError
 from awp.safeio import check_output, exclusive, provenance, signed
 from awp.stopping import graceful_stop, stop_requested
 from awp.store import transaction
-from landscape import dist, engine
-from landscape.checkpoints import open_source
-from landscape.directions import random_direction
-from landscape.grid import GridSpec, parse_grid, parse_range, shard
-from landscape.options import LandscapeOptions
-from landscape.probe import PointBar, probe_data, resolve_attack
-from landscape.results import CheckpointId, StaleResults, open_results, refuse_if_stale
+from landscape.pipeline import dist
+from landscape.core import engine
+from landscape.storage.sources import open_source
+from landscape.core.directions import random_direction
+from landscape.core.grid import GridSpec, parse_grid, parse_range, shard
+from landscape.commands.options import LandscapeOptions
+from landscape.commands.probe import PointBar, probe_data, resolve_attack
+from landscape.storage.results import CheckpointId, StaleResults, open_results, refuse_if_stale
 
 FORMAT = "awp-landscape-2d"
 FORMAT_VERSION = 2  # 2: standard errors over examples (`*_se`); version 1 files load with them NaN
@@ -336,7 +337,7 @@ def _run(cfg: Plot2DConfig, ctx: dist.DistContext, console: Console, stack: cont
 
 def render(results: PlaneResults, out: Path) -> list[Path]:
     """Contour PNG, 3-D surface PNG and interactive HTML beside the results file."""
-    from landscape.plot_2d import save_contour_png, save_html, save_surface_png
+    from landscape.figures.plane import save_contour_png, save_html, save_surface_png
 
     rel = results.relative()
     ck = results.checkpoint

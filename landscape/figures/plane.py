@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from landscape.output import save_plotly_html, save_png  # noqa: E402
+from landscape.figures.output import save_plotly_html, save_png  # noqa: E402
 
 
 def _z(grid: np.ndarray) -> np.ndarray:

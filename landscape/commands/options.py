@@ -9,8 +9,8 @@ from pathlib import Path
 from awp.attacks import threat_model
 from awp.config import check_nonnegative_int, check_positive_int, check_seed
 from awp.errors import UserError
-from landscape import engine
-from landscape.directions import normalization
+from landscape.core import engine
+from landscape.core.directions import normalization
 
 SPLITS = ("train", "test")  # Algorithm 1 uses the training data
 

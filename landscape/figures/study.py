@@ -15,9 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
 
-from landscape.analysis import GapTests, RunAnalysis, RunCurves, proportion_se  # noqa: E402
-from landscape.metrics import BAND_Z  # noqa: E402
-from landscape.output import save_png  # noqa: E402
+from landscape.commands.analysis import GapTests, RunAnalysis, RunCurves, proportion_se  # noqa: E402
+from landscape.core.sharpness import BAND_Z  # noqa: E402
+from landscape.figures.output import save_png  # noqa: E402
 
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 SHARPNESS_LABEL = {"rise": "sharpness: rise of ρ at |α| = r", "curvature": "sharpness: curvature ρ''(0)"}
@@ -33,7 +33,7 @@ def mean_curves(a: RunAnalysis) -> tuple[np.ndarray, np.ndarray]:
     plus a bound on the example noise the directions share (they use the same examples, so at
     alpha = 0, where every direction is w, the spread is 0 but the example noise is not). NaN where
     no direction is complete, and the standard error NaN for files without per-point ones."""
-    from landscape import metrics
+    from landscape.core import sharpness as metrics
 
     adv, se = a.landscapes.values["adv_loss"], a.landscapes.values["adv_loss_se"]  # [C, D, A]
     pairs = [metrics.mean_curve(adv[c], se[c]) for c in range(adv.shape[0])]

@@ -17,7 +17,7 @@ Layout (format "awp-landscape-probe", version 2; C checkpoints, D directions, A 
                                       std, ddof 1, / sqrt(n)); NaN until computed and for n = 1
     /done                      bool [C, D, A]
     /seconds                   float64 [C, D]: wall time of each direction; NaN until computed
-    /sharpness/<field>         float64 [C] (see `landscape.metrics.Sharpness`); attrs radius, fit_radius
+    /sharpness/<field>         float64 [C] (see `landscape.core.sharpness.Sharpness`); attrs radius, fit_radius
     /sharpness/rise_per_direction, /curvature_per_direction, /rise_se_per_direction   float64 [C, D]
 
 Version 1 had no `*_se` arrays: it still loads (standard errors NaN, so figures draw no band), but a
@@ -44,7 +44,7 @@ import torch
 from awp.config import check_allocation
 from awp.errors import UserError
 from awp.store import transaction
-from landscape import metrics
+from landscape.core import sharpness as metrics
 
 FORMAT = "awp-landscape-probe"
 FORMAT_VERSION = 2  # 2: standard errors over examples (`*_se`); version 1 files load with them NaN

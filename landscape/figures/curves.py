@@ -16,9 +16,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 
-from landscape import metrics  # noqa: E402
-from landscape.output import save_png  # noqa: E402
-from landscape.results import ProbeResults  # noqa: E402
+from landscape.core import sharpness as metrics  # noqa: E402
+from landscape.figures.output import save_png  # noqa: E402
+from landscape.storage.results import ProbeResults  # noqa: E402
 
 SINGLE_COLOUR = "#1f5fa8"
 COLOUR_SCALE = "viridis"  # early epochs dark, late epochs yellow
