@@ -69,12 +69,33 @@ def exact_count(v: float) -> int | float:
     return int(round(v)) if math.isfinite(v) else float("nan")
 
 
+SUM_ROW = ("n", "nat_loss", "nat_correct", "adv_loss", "adv_correct", "nat_loss_sq", "adv_loss_sq")
+
+
 @torch.no_grad()
+def batch_sum_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """One batch's sums as a float64 row on the device (`SUM_ROW`: count, natural and adversarial
+    cross-entropy sums and correct counts, and the sums of squared cross-entropies for standard errors):
+    one forward pass over [x; x_adv] (each example's logits do not depend on the batch in eval mode),
+    no host sync. Correct counts are NaN where logits are not finite (argmax would say class 0)."""
+    if x_adv is x:  # no attack: the adversarial loss is the natural loss, exactly
+        logits_nat = logits_adv = model(x)
+    else:
+        logits_nat, logits_adv = model(torch.cat([x, x_adv])).split(len(y))
+    ce_nat = cross_entropy(logits_nat, y).double()  # [B] per example
+    ce_adv = ce_nat if logits_adv is logits_nat else cross_entropy(logits_adv, y).double()
+    return torch.stack([
+        torch.tensor(float(len(y)), dtype=torch.float64, device=ce_nat.device),
+        ce_nat.sum(), correct_sum(logits_nat, y).double(),
+        ce_adv.sum(), correct_sum(logits_adv, y).double(),  # Eq. 5 / Alg. 1 line 15 (summed)
+        ce_nat.square().sum(), ce_adv.square().sum(),
+    ])
+
+
 def batch_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> EvalSums:
-    """Natural and adversarial loss/correct sums of one batch (correct counts NaN when logits are not finite)."""
-    nat, adv = model(x), model(x_adv)
-    return EvalSums(len(y), cross_entropy(nat, y).sum().item(), exact_count(correct_sum(nat, y).item()),
-                    cross_entropy(adv, y).sum().item(), exact_count(correct_sum(adv, y).item()))
+    """Natural and adversarial loss/correct sums of one batch (`batch_sum_row` without the squares)."""
+    n, nat, nat_c, adv, adv_c, _, _ = batch_sum_row(model, x, y, x_adv).tolist()
+    return EvalSums(int(n), nat, exact_count(nat_c), adv, exact_count(adv_c))
 
 
 def evaluate(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from awp.errors import UserError
+from awp.weights import offset
 
 # The layer-wise norms ||g_l||, ||v_l|| can be 0 (a layer with no gradient, v = 0 at the start);
 # dividing by this floor then gives a zero step instead of NaN.
@@ -109,37 +110,12 @@ def relative_norms(v: Mapping[str, Tensor], w: Mapping[str, Tensor]) -> dict[str
 # ---------------------------------------------------------------------------------------------
 
 
-def snapshot(params: Params) -> Tensors:
-    """Exact copies of the parameters' current values (the centre w of Eq. 11)."""
-    return {k: p.detach().clone() for k, p in params.items()}
-
-
-@torch.no_grad()
-def set_offset(params: Params, w: Mapping[str, Tensor], v: Mapping[str, Tensor]) -> None:
-    """Put the model at w + v, in place (v may cover a subset of the parameters)."""
-    names = list(params)
-    targets = [w[k] + v[k] if k in v else w[k] for k in names]
-    torch._foreach_copy_([params[k] for k in names], targets)
-
-
-@torch.no_grad()
-def restore(params: Params, w: Mapping[str, Tensor]) -> None:
-    """Eq. 11's "- v": come back to the centre by copying w back, bit for bit."""
-    names = list(params)
-    torch._foreach_copy_([params[k] for k in names], [w[k] for k in names])
-
-
 @contextlib.contextmanager
 def perturbed(params: Params, v: Mapping[str, Tensor] | None = None) -> Iterator[Tensors]:
     """Eq. 11 as a block: saves the centre w, puts the model at w + v (when v is given; `find_perturbation`
     may move it there later), and on exit, even on error, copies w back bit for bit. Yields w."""
-    w = snapshot(params)
-    if v is not None:
-        set_offset(params, w, v)
-    try:
+    with offset(params, [(v, 1.0)] if v is not None else ()) as w:
         yield w
-    finally:
-        restore(params, w)
 
 
 def _batchnorm_buffers(model: nn.Module) -> list[Tensor]:

@@ -18,9 +18,9 @@ from awp.perturb import (
     perturbed,
     project_gamma,
     relative_norms,
-    snapshot,
     zeros_like_params,
 )
+from awp.weights import snapshot
 from awp.train import train_step
 
 

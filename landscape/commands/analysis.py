@@ -19,12 +19,10 @@ from awp.safeio import check_dir, check_output, provenance, same_file
 from awp.store import open_run
 from landscape.core.coords import parse_centred_range
 from landscape.commands.probe import ProbeConfig, check_outputs, run_probe
-from landscape.storage.results import StaleResults
-from landscape.storage.results import ProbeResults
-from landscape.core import sharpness as metrics
+from landscape.core.sharpness import SHARPNESS
+from landscape.storage.results import Landscape, StaleResults
 from landscape.core.stats import MIN_UNITS, CorrelationTest, across_runs, within_runs
 
-SHARPNESS = ("rise", "curvature")  # fields of `landscape.core.sharpness.Sharpness` usable as the x axis
 
 
 @dataclass
@@ -117,8 +115,7 @@ class GapConfig:
             raise UserError("give at least one run file")
         if self.every < 1:
             raise UserError(f"--every must be >= 1, got {self.every}")
-        if self.sharpness not in SHARPNESS:
-            raise UserError(f"unknown --sharpness {self.sharpness!r}; accepted: {', '.join(SHARPNESS)}")
+        SHARPNESS.lookup(self.sharpness)  # the x axis: any measure of the registry
         check_seed(self.seed, "--seed")
         check_positive_int(self.dirs, "--dirs")
         parse_centred_range(self.alphas, "--alphas")  # refused before any run is opened or probed
@@ -163,7 +160,7 @@ def check_figures(cfg: GapConfig, names: list[str], command: str, flag: str = "-
     return tag
 
 
-def probe_run(cfg: GapConfig, run: str | Path, console: Console | None = None) -> ProbeResults:
+def probe_run(cfg: GapConfig, run: str | Path, console: Console | None = None) -> Landscape:
     """Landscapes of every K-th saved checkpoint plus best and last, with the `probe` engine, cached."""
     pcfg = probe_config(cfg, run)
     console = console or Console(quiet=True)
@@ -179,7 +176,7 @@ class RunAnalysis:
     """A run's curves and the landscapes of its probed checkpoints, paired by epoch."""
 
     curves: RunCurves
-    landscapes: ProbeResults
+    landscapes: Landscape
     epochs: np.ndarray = field(init=False)  # probed epochs [C]
     sharpness: dict[str, np.ndarray] = field(init=False)  # name -> [C], mean over directions
     directions: dict[str, np.ndarray] = field(init=False)  # name -> [C, D], NaN for an incomplete direction
@@ -189,17 +186,11 @@ class RunAnalysis:
 
     def __post_init__(self) -> None:
         res = self.landscapes
-        sharp = res.sharpness()
+        summaries = res.sharpness()
         self.epochs = np.array([c.epoch for c in res.checkpoints], dtype=int)
-        self.sharpness = {name: np.array([getattr(s, name) for s in sharp]) for name in SHARPNESS}
-        self.sharpness_se = {"rise": np.array([s.rise_se for s in sharp]), "curvature": np.full(len(sharp), np.nan)}
-        r = res.config.get("radius") or metrics.default_radius(res.alphas)
-        fr = res.config.get("fit_radius") or r / 2
-        curves = res.values["adv_loss"]  # [C, D, A]
-        self.directions = {"rise": metrics.rise(res.alphas, curves, r),
-                           "curvature": metrics.curvature(res.alphas, curves, fr)}
-        for v in self.directions.values():
-            v[~np.isfinite(curves).all(axis=-1)] = np.nan
+        self.sharpness = {name: np.array([s.mean[name] for s in summaries]) for name in SHARPNESS}
+        self.sharpness_se = {name: np.array([s.se[name] for s in summaries]) for name in SHARPNESS}
+        self.directions = res.per_direction()[0]  # name -> [C, D], NaN for an incomplete direction
         self.gap = np.array([self.curves.at(int(e), self.curves.gap) for e in self.epochs])
         self.gap_se = np.array([self.curves.at(int(e), self.curves.gap_se) for e in self.epochs])
 

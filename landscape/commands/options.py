@@ -1,16 +1,24 @@
 """Options every landscape command shares (`probe`, `plot2d`): the checkpoint and its data, the attack
-run at every point, the directions, BatchNorm handling and the output file."""
+run at every point, the directions, BatchNorm handling and the output file; and how they resolve into
+the attack and the compute `Job` of the one pipeline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from awp.attacks import threat_model
+from typing import Any
+
+import torch
+
+from awp.attacks import AttackConfig, threat_model
 from awp.config import check_nonnegative_int, check_positive_int, check_seed
+from awp.data import class_stratified_subset
 from awp.errors import UserError
 from landscape.core import engine
 from landscape.core.directions import normalization
+from landscape.pipeline.compute import Job
+from landscape.storage.results import Landscape
 
 SPLITS = ("train", "test")  # Algorithm 1 uses the training data
 
@@ -21,7 +29,8 @@ class LandscapeOptions:
 
     checkpoint: str
     epochs: str = "last"  # run files: best | last | N | all | every:K
-    arch: str | None = None  # a foreign .pt needs these two
+    arch: str | None = None  # a foreign .pt needs these two: a registry name, MODULE:CALLABLE or robustbench:NAME
+    arch_kwargs: dict | None = None  # keyword arguments of the model's constructor
     dataset: str | None = None
     data_dir: str = "data"
     steps: int = 10  # PGD-10 (K1) as in the paper; 0 = natural loss landscape
@@ -37,6 +46,8 @@ class LandscapeOptions:
     bn: str = "eval"  # eval | recalibrate
     bn_batches: int = 8  # training batches that re-estimate BN statistics per point
     device: str = "auto"
+    chunk: int | None = None  # points per process between flushes (default: one direction for 1-D, 4 for 2-D)
+    workers: int = 1  # processes on this machine (torchrun's engine)
     out: str | None = None  # results .h5; figures go beside it
     overwrite: bool = False
     progress: bool = True
@@ -46,6 +57,8 @@ class LandscapeOptions:
         check_nonnegative_int(self.samples, "--samples")
         check_positive_int(self.batch_size, "--batch-size")
         check_positive_int(self.bn_batches, "--bn-batches")
+        if self.chunk is not None:
+            check_positive_int(self.chunk, "--chunk")
         check_seed(self.seed, "--seed")
         normalization(self.normalize)
         engine.bn_mode(self.bn)
@@ -58,3 +71,52 @@ class LandscapeOptions:
                 raise UserError(f"{name} must be >= 0, got {v}")
         if self.out is not None and Path(self.out).suffix.lower() not in (".h5", ".hdf5"):
             raise UserError(f"-o {self.out!r} names the results file; give it a .h5 suffix (figures go beside it)")
+
+
+def resolve_attack(cfg: LandscapeOptions, trained: AttackConfig | None, source: str) -> AttackConfig:
+    """--eps/--pgd-step/--norm, defaulting to the training threat model the file records (its L2 random
+    start included; the reference's for a file that records none)."""
+    norm = cfg.norm or (trained.norm if trained else "linf")
+    if cfg.steps == 0 and cfg.eps is None and trained is None:  # the natural landscape needs no radius
+        return AttackConfig(norm=norm, eps=0.0, step_size=0.0, steps=0)
+    if cfg.eps is None:
+        if trained is None:
+            raise UserError(f"{source!r} does not record its training threat model; give --eps (and --norm, --pgd-step)")
+        if norm != trained.norm:
+            raise UserError(f"--norm {norm} differs from the training threat model ({trained.norm}); give --eps too")
+        eps = trained.eps
+        step = cfg.step_size if cfg.step_size is not None else trained.step_size
+    else:
+        eps = cfg.eps
+        step = cfg.step_size if cfg.step_size is not None else eps / 4  # the paper's 2/255 for 8/255
+    l2_start = trained.l2_start if trained is not None else AttackConfig.l2_start
+    return AttackConfig(norm=norm, eps=eps, step_size=step, steps=cfg.steps, l2_start=l2_start)
+
+
+def recorded_options(cfg: LandscapeOptions, attack: AttackConfig) -> dict[str, Any]:
+    """The shared options that decide the numbers, for the results file's config."""
+    return {"attack": asdict(attack), "split": cfg.split, "samples": cfg.samples, "batch_size": cfg.batch_size,
+            "seed": cfg.seed, "normalize": cfg.normalize, "include_bn": cfg.include_bn, "bn": cfg.bn,
+            "bn_batches": cfg.bn_batches if cfg.bn == "recalibrate" else 0}
+
+
+def probe_data(cfg: LandscapeOptions, source: Any, attack: AttackConfig, device: torch.device):
+    """Fixed batches with their random starts, and the clean inputs BN recalibration uses."""
+    train_ds, test_ds = source.datasets()
+    ds = class_stratified_subset({"train": train_ds, "test": test_ds}[cfg.split], cfg.samples, cfg.seed)
+    batches = engine.fixed_batches(ds, cfg.batch_size, attack, seed=cfg.seed, device=device)
+    bn_inputs: list[torch.Tensor] = []
+    if cfg.bn == "recalibrate":
+        calib = class_stratified_subset(train_ds, cfg.bn_batches * cfg.batch_size, cfg.seed + 1)
+        natural = AttackConfig(attack.norm, attack.eps, attack.step_size, steps=0)
+        bn_inputs = [b.x for b in engine.fixed_batches(calib, cfg.batch_size, natural, cfg.seed, device)]
+    return batches, bn_inputs, len(ds)
+
+
+def job_for(cfg: LandscapeOptions, source: Any, attack: AttackConfig, results: Landscape, device: torch.device,
+            chunk: int, fixed_adv: bool = False, targets: dict | None = None) -> Job:
+    """The compute job of a landscape command: its checkpoints' models, data and attack."""
+    batches, bn_inputs, n = probe_data(cfg, source, attack, device)
+    results.runtime["examples"] = n
+    return Job([c.build for c in source.checkpoints], batches, attack, cfg.bn, bn_inputs, fixed_adv,
+               targets or {}, cfg.chunk or chunk)

@@ -17,8 +17,7 @@ import numpy as np
 from landscape.figures import study as figures
 from awp.safeio import check_output, provenance, signed
 from landscape.commands.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, gap_tests, landscape_path
-from landscape.commands.plot2d import FORMAT as PLANE_FORMAT
-from landscape.commands.plot2d import PlaneResults
+from landscape.storage.results import FORMAT, LEGACY_PLANE, Landscape
 from landscape.figures.output import save_text
 from landscape.figures.plane import html_figure
 
@@ -32,19 +31,19 @@ pre { background: #f8f8f8; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
-def find_planes(run: Path) -> list[PlaneResults]:
-    """2-D results files in the run's directory whose checkpoint came from this run."""
+def find_planes(run: Path) -> list[Landscape]:
+    """2-D results files in the run's directory whose checkpoint came from this run (any format version)."""
     found = []
     for p in sorted(run.parent.glob("*.h5")):
         try:
             with h5py.File(p, "r") as f:
-                if f.attrs.get("format") != PLANE_FORMAT:
-                    continue
+                fmt, dims = f.attrs.get("format"), f.attrs.get("dims", "")
         except OSError:
             continue
-        res = PlaneResults.load(p)
-        if Path(res.checkpoint.source).resolve() == run.resolve():
-            found.append(res)
+        if fmt == LEGACY_PLANE or (fmt == FORMAT and "beta" in str(dims)):
+            res = Landscape.load(p)
+            if res.grid.kind == "plane" and Path(res.checkpoints[0].source).resolve() == run.resolve():
+                found.append(res)
     return found
 
 
@@ -114,8 +113,9 @@ def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, t
         body = ""
         for a, p in planes:
             att = p.config["attack"]
-            t = f"{a.curves.label} {p.checkpoint.label}: |g(α,β) − g(0,0)|, PGD-{att['steps']}"
-            body += fig_html(html_figure(p.alphas, p.betas, p.values, p.relative(), t))
+            t = f"{a.curves.label} {p.checkpoints[0].label}: |g(α,β) − g(0,0)|, PGD-{att['steps']}"
+            grids = {k: v[0] for k, v in p.values.items()}
+            body += fig_html(html_figure(p.grid.axis("alpha"), p.grid.axis("beta"), grids, p.relative()[0], t))
         sections.append(Section("2-D landscapes", body))
     configs = "".join(
         f"<details><summary>{html.escape(a.curves.label)} — {html.escape(str(a.curves.path))}</summary>"

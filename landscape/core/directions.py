@@ -1,4 +1,5 @@
-"""Random directions in weight space (Alg. 1 lines 2-7), keyed by parameter name.
+"""Directions in weight space, keyed by parameter name: random ones (Alg. 1 lines 2-7) and a registry of
+direction kinds (random, interpolate, given tensors) rebuilt from the JSON spec a results file records.
 
 Direction k of a probe is a pure function of (seed, k, parameter name, shape): every parameter
 is drawn on its own CPU generator, so a direction never depends on the device, on how many
@@ -10,12 +11,14 @@ scale invariance of ReLU networks (Appendix B.1, footnote).
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from awp.errors import UserError
 from awp.registry import Registry
 
 Direction = dict[str, Tensor]  # parameter name -> tensor shaped like that parameter
@@ -93,3 +96,80 @@ def random_direction(
         out[name] = norm_fn(d, w)
     return out
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Direction kinds: a direction is a JSON spec {"kind": ..., ...} rebuilt at each checkpoint's weights
+# ---------------------------------------------------------------------------------------------
+
+Spec = Mapping[str, Any]  # {"kind": name, ...}: JSON, recorded in the results file
+
+
+@dataclass(frozen=True)
+class DirectionContext:
+    """What a kind may need besides the spec and w: the weights of another checkpoint named by its
+    identity (`interpolate`), and the tensors a results file keeps for a kind that cannot be rebuilt."""
+
+    target: Callable[[Mapping[str, Any]], Mapping[str, Tensor]] | None = None
+    stored: Mapping[str, Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class DirectionKind:
+    """`build(spec, w, context)` -> the direction at weights w (CPU float32, keyed like w). A kind
+    that is not `regenerable` has its tensors kept in the results file."""
+
+    build: Callable[[Spec, Mapping[str, Tensor], DirectionContext], Direction]
+    regenerable: bool
+    summary: str
+
+
+def _random(spec: Spec, w: Mapping[str, Tensor], ctx: DirectionContext) -> Direction:
+    return random_direction(w, int(spec["seed"]), int(spec["index"]), spec.get("normalize", "filter"),
+                            bool(spec.get("include_bn", False)))  # Alg. 1 lines 2-7
+
+
+def _interpolate(spec: Spec, w: Mapping[str, Tensor], ctx: DirectionContext) -> Direction:
+    """d = w_to - w for every parameter: alpha = 1 is the other checkpoint's weights (its buffers, e.g.
+    BN statistics, are not moved: `--bn recalibrate` re-estimates them along the line)."""
+    if ctx.target is None:
+        raise UserError("an interpolate direction needs the checkpoint it leads to")
+    to = ctx.target(spec["to"])
+    _check_fits(to, w, f"the target {spec['to'].get('label', '?')}")
+    return {n: to[n].detach().to("cpu", torch.float32) - t.detach().to("cpu", torch.float32) for n, t in w.items()}
+
+
+def _tensors(spec: Spec, w: Mapping[str, Tensor], ctx: DirectionContext) -> Direction:
+    if ctx.stored is None:
+        raise UserError("a given direction needs its tensors")
+    _check_fits(ctx.stored, w, "the given direction")
+    return {n: ctx.stored[n].detach().to("cpu", torch.float32) for n in w}
+
+
+def _check_fits(d: Mapping[str, Tensor], w: Mapping[str, Tensor], what: str) -> None:
+    """One line naming the first parameters missing, unexpected or of another shape."""
+    missing, extra = sorted(w.keys() - d.keys()), sorted(d.keys() - w.keys())
+    shapes = [n for n in w if n in d and tuple(d[n].shape) != tuple(w[n].shape)]
+    if missing or extra or shapes:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+                 f"shape of {shapes[0]} {tuple(d[shapes[0]].shape)} vs {tuple(w[shapes[0]].shape)}" if shapes else ""]
+        raise UserError(f"{what} does not fit the model's parameters: {'; '.join(p for p in parts if p)}")
+
+
+DIRECTIONS: Registry[DirectionKind] = Registry("--direction kind", {
+    "random": DirectionKind(_random, True, "filter-normalized Gaussian direction (seed, index): Eq. 5, Alg. 1"),
+    "interpolate": DirectionKind(_interpolate, True, "the straight line to another checkpoint (--to)"),
+    "tensors": DirectionKind(_tensors, False, "given tensors (Python API), kept in the results file"),
+})
+
+
+def build_direction(spec: Spec, w: Mapping[str, Tensor], ctx: DirectionContext = DirectionContext()) -> Direction:
+    """The direction `spec` at weights w; an unknown kind is a one-line `UserError`."""
+    return DIRECTIONS.lookup(spec.get("kind", "")).build(spec, w, ctx)
+
+
+def random_specs(n: int, seed: int, normalize: str = "filter", include_bn: bool = False, start: int = 0) -> list[dict]:
+    """Specs of random directions start..start+n-1 for `seed` (probe's directions; plot2d's d, e = 0, 1)."""
+    normalization(normalize)
+    return [{"kind": "random", "seed": int(seed), "index": start + k, "normalize": normalize,
+             "include_bn": bool(include_bn)} for k in range(n)]

@@ -1,6 +1,6 @@
 """Eq. 5 at points of weight space: rho(w + sum_i c_i d_i) with adversarial examples generated on the fly.
 
-The model is moved in place (`perturbed`) and put back bitwise from one saved copy of its
+The model is moved in place (`awp.weights.offset`) and put back bitwise from one saved copy of its
 parameters; it is never deep-copied. Each point runs Alg. 1 lines 9-15 on fixed batches with a
 fixed random start per example (common random numbers), so two points differ only by their
 weights. Results are sums and counts (`PointSums`: `awp.evaluate.EvalSums` plus sums of squared
@@ -12,66 +12,20 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from awp.attacks import AttackConfig, cross_entropy, model_mode, pgd, random_start
+from awp.attacks import AttackConfig, model_mode, pgd, random_start
 from awp.data import batches as iter_batches
 from awp.errors import UserError
+from awp.evaluate import EvalSums, batch_sum_row, exact_count
 from awp.registry import Registry
-from awp.evaluate import EvalSums, correct_sum, exact_count
+from awp.weights import offset
 
 Params = dict[str, Tensor]  # parameter name -> tensor
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights: w + sum_i c_i d_i, in place, restored bitwise
-# ---------------------------------------------------------------------------------------------
-
-
-def snapshot(model: nn.Module) -> Params:
-    """A detached copy of every parameter: the unperturbed w, the only copy a probe keeps."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-@contextlib.contextmanager
-def perturbed(
-    model: nn.Module,
-    directions: Sequence[Mapping[str, Tensor]],
-    coefs: Sequence[float],
-    base: Mapping[str, Tensor] | None = None,
-) -> Iterator[nn.Module]:
-    """Set the parameters to w + sum_i coefs[i] * directions[i] in place (Eq. 5: w + alpha d; the
-    2-D plot's w + alpha d + beta e), then copy w back bitwise on exit, also after an exception.
-
-    `base` is w from `snapshot(model)` (taken here when None); pass it to avoid one copy per point.
-    Directions are keyed by parameter name and moved to each parameter's device and dtype.
-    """
-    if len(directions) != len(coefs):
-        raise ValueError(f"{len(directions)} directions but {len(coefs)} coefficients")
-    params = dict(model.named_parameters())
-    if base is None:
-        base = snapshot(model)
-    for d in directions:
-        if d.keys() != params.keys():
-            missing, extra = sorted(params.keys() - d.keys()), sorted(d.keys() - params.keys())
-            raise ValueError(f"direction does not match the model: missing {missing[:3]}, extra {extra[:3]}")
-    try:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(base[name])
-                for d, c in zip(directions, coefs):
-                    if c != 0.0:  # alpha = 0 is w itself, bit for bit
-                        p.add_(d[name].to(p.device, p.dtype, non_blocking=True), alpha=float(c))
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(base[name])
 
 
 @contextlib.contextmanager
@@ -108,24 +62,79 @@ def attack_active(attack: AttackConfig) -> bool:
     return attack.steps > 0 and attack.eps > 0
 
 
+Data = Any  # a Dataset of (x, y), a DataLoader, or any iterable of (x [B, C, H, W], y [B]) batches
+
+
+def _iterate(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) batches of `data` on the CPU, in its order: a map-style Dataset is batched here, a
+    DataLoader or any other iterable is taken batch by batch as it comes."""
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        yield from iter_batches(data, batch_size)
+        return
+    if not isinstance(data, Iterable):
+        raise UserError(f"data must be a Dataset, a DataLoader or an iterable of (x, y) batches; got {type(data).__name__}")
+    for i, item in enumerate(data):
+        if not (isinstance(item, (tuple, list)) and len(item) >= 2 and all(isinstance(t, Tensor) for t in item[:2])):
+            raise UserError(f"data batch {i} is a {type(item).__name__}, not an (x, y) pair of tensors")
+        x, y = item[0], item[1]
+        if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+            raise UserError(f"data batch {i} has x {tuple(x.shape)} and y {tuple(y.shape)}; expected x [B, C, H, W] "
+                            f"and y [B] with the same B")
+        yield x.cpu(), y.cpu().long()
+
+
+def _check_pixels(x: Tensor, i: int) -> None:
+    lo, hi = float(x.min()), float(x.max())
+    if not (0.0 <= lo and hi <= 1.0):
+        raise UserError(f"data batch {i} has inputs in [{lo:.3g}, {hi:.3g}]; inputs must be in [0, 1] (the eps-ball "
+                        f"and clamp of PGD are in pixel units; put normalization inside the model)")
+
+
 def fixed_batches(
-    ds: Dataset, batch_size: int, attack: AttackConfig, seed: int, device: torch.device | str = "cpu"
+    data: Data, batch_size: int, attack: AttackConfig, seed: int, device: torch.device | str = "cpu"
 ) -> list[ProbeBatch]:
-    """Materialize `ds` once, in order, as batches on `device`, each with its random start drawn
-    from a CPU generator seeded with `seed` (so starts do not depend on the device)."""
+    """Materialize `data` once, in order, as batches, each with its random start drawn from a CPU
+    generator seeded with `seed` (so starts do not depend on the device). The batches live on `device`
+    when they fit in half its free memory, else on the CPU, moved to the device batch by batch."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
-    for x, y in iter_batches(ds, batch_size):
+    for i, (x, y) in enumerate(_iterate(data, batch_size)):
+        x = x.float()
+        _check_pixels(x, i)
         if attack_active(attack) and attack.random_start:
             delta0 = random_start(x, attack.eps, attack.norm, gen, l2_start=attack.l2_start)  # Alg. 1 line 10
         else:
             delta0 = torch.zeros_like(x)
-        out.append(ProbeBatch(x.to(device), y.to(device), delta0.to(device)))
+        out.append(ProbeBatch(x, y, delta0))
     if not out:
         raise UserError("the probe data set is empty")
-    return out
+    return place(out, device)
+
+
+def place(batches: list[ProbeBatch], device: torch.device | str) -> list[ProbeBatch]:
+    """The batches on `device` if they take at most half its free memory (always on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        need = sum(b.x.nbytes + b.y.nbytes + b.delta0.nbytes for b in batches)
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free / 2:
+            return [ProbeBatch(b.x.pin_memory(), b.y.pin_memory(), b.delta0.pin_memory()) for b in batches]
+    return [ProbeBatch(b.x.to(device), b.y.to(device), b.delta0.to(device)) for b in batches]
+
+
+def _on(b: ProbeBatch, device: torch.device) -> ProbeBatch:
+    """The batch on the model's device (a no-op when it already lives there)."""
+    if b.x.device == device:
+        return b
+    return ProbeBatch(b.x.to(device, non_blocking=True), b.y.to(device, non_blocking=True),
+                      b.delta0.to(device, non_blocking=True))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,14 +145,15 @@ def fixed_batches(
 def adversarial_examples(model: nn.Module, batches: Sequence[ProbeBatch], attack: AttackConfig) -> list[Tensor]:
     """PGD examples against the model as it is now (eval mode), from each batch's fixed start:
     Alg. 1 lines 9-14. `--fixed-adv` takes them once at w and reuses them at every point."""
+    device = model_device(model)
     with model_mode(model, train=False):
         if not attack_active(attack):
             return [b.x for b in batches]
-        return [
-            pgd(model, b.x, b.y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
-                norm=attack.norm, delta0=b.delta0)
-            for b in batches
-        ]
+        out = []
+        for b in batches:
+            d = _on(b, device)
+            out.append(pgd(model, d.x, d.y, attack, delta0=d.delta0).to(b.x.device))
+        return out
 
 
 def mean_se(total: float, total_sq: float, n: int) -> float:
@@ -190,40 +200,25 @@ def evaluate_point(
     fixed_adv: Sequence[Tensor] | None = None,
 ) -> PointSums:
     """Sums for rho at the model's current weights, in eval mode: PGD on the fly against these
-    weights (or the given `fixed_adv` examples), then one forward pass over [x; x_adv] gives the
-    natural and adversarial cross-entropy per example (Alg. 1 line 15), summed and summed squared
-    (for the standard error over examples), and both accuracies."""
+    weights (or the given `fixed_adv` examples), then `awp.evaluate.batch_sum_row` gives the natural
+    and adversarial cross-entropy (Alg. 1 line 15) summed and summed squared (for the standard error
+    over examples), and both accuracies. One host sync per point."""
     active = attack_active(attack)
-    acc = None  # the 6 sums below, on the device: one sync per point
-    n = 0
+    device = model_device(model)
+    acc = None
     with model_mode(model, train=False):
         for i, b in enumerate(batches):
+            d = _on(b, device)
             if fixed_adv is not None:
-                x_adv = fixed_adv[i]
+                x_adv = fixed_adv[i].to(device, non_blocking=True)
             elif active:
-                x_adv = pgd(model, b.x, b.y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
-                            norm=attack.norm, delta0=b.delta0)
+                x_adv = pgd(model, d.x, d.y, attack, delta0=d.delta0)
             else:
-                x_adv = b.x
-            with torch.no_grad():
-                if x_adv is b.x:  # no attack: the adversarial loss is the natural loss, exactly
-                    logits_nat = logits_adv = model(b.x)
-                else:  # eval mode: each example's logits do not depend on the rest of the batch
-                    logits_nat, logits_adv = model(torch.cat([b.x, x_adv])).split(len(b.y))
-                ce_nat = cross_entropy(logits_nat, b.y).double()  # [B] per example
-                ce_adv = ce_nat if logits_adv is logits_nat else cross_entropy(logits_adv, b.y).double()
-                row = torch.stack([  # correct counts are NaN if any logit is NaN/inf (argmax would say class 0)
-                    ce_nat.sum(),
-                    correct_sum(logits_nat, b.y),
-                    ce_adv.sum(),  # Eq. 5 / Alg. 1 line 15 (summed)
-                    correct_sum(logits_adv, b.y),
-                    ce_nat.square().sum(),
-                    ce_adv.square().sum(),
-                ])
+                x_adv = d.x
+            row = batch_sum_row(model, d.x, d.y, x_adv)
             acc = row if acc is None else acc + row
-            n += len(b.y)
-    nat_loss, nat_correct, adv_loss, adv_correct, nat_sq, adv_sq = acc.tolist()
-    return PointSums(n, nat_loss, exact_count(nat_correct), adv_loss, exact_count(adv_correct), nat_sq, adv_sq)
+    n, nat_loss, nat_correct, adv_loss, adv_correct, nat_sq, adv_sq = acc.tolist()
+    return PointSums(int(n), nat_loss, exact_count(nat_correct), adv_loss, exact_count(adv_correct), nat_sq, adv_sq)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +254,7 @@ def recalibrate_bn(model: nn.Module, inputs: Sequence[Tensor]) -> None:
             m.train()
         with torch.no_grad():
             for x in inputs:
-                model(x)
+                model(x.to(model_device(model), non_blocking=True))
     finally:
         for m, mom in zip(layers, momenta):
             m.momentum = mom
@@ -295,8 +290,7 @@ def bn_mode(name: str) -> BNMode:
 
 def evaluate_at(
     model: nn.Module,
-    directions: Sequence[Mapping[str, Tensor]],
-    coefs: Sequence[float],
+    terms: Sequence[tuple[Mapping[str, Tensor], float]],
     batches: Sequence[ProbeBatch],
     attack: AttackConfig,
     *,
@@ -305,32 +299,8 @@ def evaluate_at(
     bn_inputs: Sequence[Tensor] = (),
     fixed_adv: Sequence[Tensor] | None = None,
 ) -> PointSums:
-    """rho and friends at w + sum_i coefs[i] d_i (Eq. 5): set weights, apply the BN mode, evaluate,
-    restore weights and buffers."""
-    with perturbed(model, directions, coefs, base), bn_mode(bn)(model, bn_inputs):
+    """rho and friends at w + sum_i c_i d_i for terms [(d_i, c_i)] (Eq. 5): set weights, apply the BN
+    mode, evaluate, restore weights (bitwise, from `base` = w when given) and buffers."""
+    params = dict(model.named_parameters())
+    with offset(params, terms, base), bn_mode(bn)(model, bn_inputs):
         return evaluate_point(model, batches, attack, fixed_adv)
-
-
-def sweep(
-    model: nn.Module,
-    directions: Sequence[Mapping[str, Tensor]],
-    coords: np.ndarray,
-    batches: Sequence[ProbeBatch],
-    attack: AttackConfig,
-    *,
-    base: Mapping[str, Tensor] | None = None,
-    bn: str = "eval",
-    bn_inputs: Sequence[Tensor] = (),
-    fixed_adv: Sequence[Tensor] | None = None,
-) -> Iterator[tuple[int, PointSums]]:
-    """Evaluate the points coords[i] (a row of coefficients, one per direction: [P, len(directions)])
-    in order, yielding (i, sums) as each finishes, so callers can show progress and flush."""
-    coords = np.asarray(coords, dtype=np.float64).reshape(len(coords), -1)
-    if coords.shape[1] != len(directions):
-        raise ValueError(f"coords have {coords.shape[1]} columns for {len(directions)} directions")
-    if base is None:
-        base = snapshot(model)
-    directions = [{n: t.to(base[n].device, base[n].dtype) for n, t in d.items()} for d in directions]
-    for i, row in enumerate(coords):
-        yield i, evaluate_at(model, directions, row.tolist(), batches, attack, base=base, bn=bn,
-                             bn_inputs=bn_inputs, fixed_adv=fixed_adv)

@@ -1,19 +1,21 @@
-"""Sharpness of 1-D weight loss landscapes, as pure functions on arrays.
+"""Sharpness of 1-D weight loss landscapes, as pure functions on arrays, and the registry of measures.
 
 A curve is rho(w + alpha d) sampled at `alphas` [A]; a probe has one per direction [D, A].
-Three numbers summarize how sharp the landscape is around w (Figure 1 reads it by eye):
-the rise at a fixed |alpha|, its spread across directions (Appendix B.2's repeatability),
-and the curvature of a quadratic fitted near alpha = 0. The rise also gets a standard error from
+The measures of `SHARPNESS` summarize how sharp the landscape is around w (Figure 1 reads it by
+eye): today the rise at a fixed |alpha| and the curvature of a quadratic fitted near alpha = 0,
+each with its spread across directions (Appendix B.2's repeatability). The rise also gets a standard error from
 the example noise of its points (`rise_se`): how much a different sample of examples would move it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from awp.errors import UserError
+from awp.registry import Registry
 
 MIN_FIT_POINTS = 3  # a quadratic needs three points
 
@@ -139,22 +141,72 @@ def curvature(alphas: np.ndarray, curves: np.ndarray, fit_radius: float) -> np.n
     return (2 * coef[2]).reshape(curves.shape[:-1])
 
 
+# ---------------------------------------------------------------------------------------------
+# The registry of measures: every table, figure, results file and `gap --sharpness` iterates it
+# ---------------------------------------------------------------------------------------------
+
+Curves = Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (alphas [A], curves [..., A], radius) -> [...]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A sharpness measure of one curve at radius r: `fn` per complete curve, and optionally `se`, the
+    standard error over examples of one curve's value from its point standard errors [..., A], and
+    `mean_se`, that of the mean over directions from se [D, A]."""
+
+    fn: Curves
+    summary: str
+    label: str  # for an axis: "rise of ρ at |α| = r"
+    se: Curves | None = None
+    mean_se: Callable[[np.ndarray, np.ndarray, float], float] | None = None
+
+
+def _curvature_at(alphas: np.ndarray, curves: np.ndarray, radius: float) -> np.ndarray:
+    """rho''(0) fitted on |alpha| <= r / 2 (half the rise's radius: the quadratic holds near 0)."""
+    return curvature(alphas, curves, radius / 2)
+
+
+SHARPNESS: Registry[Measure] = Registry("sharpness measure", {
+    "rise": Measure(rise, "(rho(r) + rho(-r))/2 - rho(0)", "rise of ρ at |α| = r", rise_se, mean_rise_se),
+    "curvature": Measure(_curvature_at, "rho''(0) of a quadratic fit on |alpha| <= r/2", "curvature ρ''(0)"),
+})
+
+
+def per_direction(alphas: np.ndarray, curves: np.ndarray, radius: float, se: np.ndarray | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every measure of every curve [..., A] -> ({name: [...]}, {name: standard error [...]}); NaN for a
+    curve with any point missing, and for the standard error of a measure that has none."""
+    alphas = np.asarray(alphas, dtype=float)
+    curves = np.asarray(curves, dtype=float)
+    ok = np.isfinite(curves).all(axis=-1)
+    values, errors = {}, {}
+    for name, m in SHARPNESS.items():
+        v = np.full(curves.shape[:-1], np.nan)
+        e = np.full(curves.shape[:-1], np.nan)
+        if ok.any():
+            v[ok] = m.fn(alphas, curves[ok], radius)
+            if m.se is not None and se is not None:
+                e[ok] = m.se(alphas, np.asarray(se, dtype=float).reshape(curves.shape)[ok], radius)
+        values[name], errors[name] = v, e
+    return values, errors
+
+
 @dataclass(frozen=True)
 class Sharpness:
-    """Sharpness of one checkpoint over its complete directions (NaN where undefined)."""
+    """Sharpness of one checkpoint over its complete directions, per measure of `SHARPNESS` (NaN where
+    undefined): the mean over directions, the spread across them (sample std, ddof 1, Appendix B.2's
+    repeatability) and the standard error over examples of the mean (NaN for a measure without one)."""
 
-    rise: float  # mean over directions of (rho(r) + rho(-r)) / 2 - rho(0)
-    rise_std: float  # sample std (ddof 1) of that rise across directions
-    curvature: float  # mean over directions of rho''(0) from the quadratic fit
-    curvature_std: float
+    mean: dict[str, float]
+    std: dict[str, float]
+    se: dict[str, float]
     rho0: float  # mean rho(0): the adversarial loss at w itself
     n_dirs: int  # directions that entered the means
     radius: float
-    fit_radius: float
-    rise_se: float = float("nan")  # standard error over examples of `rise` (`mean_rise_se`); NaN without SEs
 
-    def asdict(self) -> dict[str, float]:
-        return asdict(self)
+    @property
+    def fit_radius(self) -> float:
+        return self.radius / 2
 
 
 def _mean_std(v: np.ndarray) -> tuple[float, float]:
@@ -163,26 +215,25 @@ def _mean_std(v: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
-def sharpness(
-    alphas: np.ndarray, curves: np.ndarray, radius: float | None = None, fit_radius: float | None = None,
-    se: np.ndarray | None = None,
-) -> Sharpness:
-    """Sharpness of curves [D, A] (rows with any NaN, i.e. directions not yet computed, are left out).
-    Defaults: r = `default_radius(alphas)`, fit window |alpha| <= r / 2. With the point standard
-    errors se [D, A], also `rise_se` (NaN if any complete direction lacks them)."""
+def sharpness(alphas: np.ndarray, curves: np.ndarray, radius: float | None = None, se: np.ndarray | None = None
+              ) -> Sharpness:
+    """Sharpness of curves [D, A] (rows with any NaN, i.e. directions not yet computed, are left out),
+    at r = `default_radius(alphas)` unless given. With the point standard errors se [D, A], also the
+    standard error of each mean that has one (NaN if any complete direction lacks them)."""
     alphas = np.asarray(alphas, dtype=float)
     curves = np.asarray(curves, dtype=float).reshape(-1, len(alphas))
     r = default_radius(alphas) if radius is None else float(radius)
-    fr = r / 2 if fit_radius is None else float(fit_radius)
-    complete = curves[np.isfinite(curves).all(axis=1)]
-    rises = rise(alphas, complete, r) if len(complete) else np.empty(0)
-    curv = curvature(alphas, complete, fr) if len(complete) else np.empty(0)
+    ok = np.isfinite(curves).all(axis=1)
+    complete = curves[ok]
+    mean, std, err = {}, {}, {}
+    for name, m in SHARPNESS.items():
+        vals = m.fn(alphas, complete, r) if len(complete) else np.empty(0)
+        mean[name], std[name] = _mean_std(vals)
+        err[name] = float("nan")
+        if se is not None and m.mean_se is not None:
+            err[name] = m.mean_se(alphas, np.asarray(se, dtype=float).reshape(-1, len(alphas))[ok], r)
     rho0 = value_at(alphas, complete, 0.0) if len(complete) else np.empty(0)
-    (rm, rs), (cm, cs) = _mean_std(rises), _mean_std(curv)
-    r_se = float("nan")
-    if se is not None:
-        r_se = mean_rise_se(alphas, np.asarray(se, dtype=float).reshape(-1, len(alphas))[np.isfinite(curves).all(axis=1)], r)
-    return Sharpness(rm, rs, cm, cs, _mean_std(rho0)[0], len(complete), r, fr, r_se)
+    return Sharpness(mean, std, err, _mean_std(rho0)[0], len(complete), r)
 
 
 def max_radius(alphas: np.ndarray) -> float:

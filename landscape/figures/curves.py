@@ -18,13 +18,13 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 
 from landscape.core import sharpness as metrics  # noqa: E402
 from landscape.figures.output import save_png  # noqa: E402
-from landscape.storage.results import ProbeResults  # noqa: E402
+from landscape.storage.results import Landscape  # noqa: E402
 
 SINGLE_COLOUR = "#1f5fa8"
 COLOUR_SCALE = "viridis"  # early epochs dark, late epochs yellow
 
 
-def _colours(results: ProbeResults) -> tuple[list, ScalarMappable | None, str]:
+def _colours(results: Landscape) -> tuple[list, ScalarMappable | None, str]:
     """One colour per checkpoint: along the colour scale by epoch (or by order) when there are several."""
     n = len(results.checkpoints)
     if n == 1:
@@ -41,7 +41,7 @@ def _colours(results: ProbeResults) -> tuple[list, ScalarMappable | None, str]:
     return [sm.to_rgba(k) for k in keys], sm, label
 
 
-def _title(results: ProbeResults) -> str:
+def _title(results: Landscape) -> str:
     cfg = results.config
     att = cfg.get("attack", {})
     loss = f"PGD-{att.get('steps')} {att.get('norm')} eps={att.get('eps', float('nan')):.3g}" if att.get("steps") else "natural loss"
@@ -51,7 +51,7 @@ def _title(results: ProbeResults) -> str:
     return f"{head}\n{loss}{fixed}, {results.dirs} {cfg.get('normalize')}-normalized direction(s), BN {cfg.get('bn')}"
 
 
-def save_probe_png(results: ProbeResults, path: str | Path) -> None:
+def save_probe_png(results: Landscape, path: str | Path) -> None:
     """Draw rho against alpha for every checkpoint and direction; NaN (not yet computed) is left blank.
     Bands are +-1.96 standard errors (`metrics.BAND_Z`): around the mean, of the mean over directions
     and examples (`metrics.mean_curve`); around each direction, over examples alone (only for a single
@@ -64,7 +64,7 @@ def save_probe_png(results: ProbeResults, path: str | Path) -> None:
     save_png(fig, path, dpi=140)
 
 
-def draw_probe(results: ProbeResults, ax, fig) -> dict[str, list]:
+def draw_probe(results: Landscape, ax, fig) -> dict[str, list]:
     """The probe's curves and bands on `ax`; returns the artists by kind ("direction", "mean",
     "direction_band", "mean_band") so that callers and tests can see what was drawn."""
     alphas = results.alphas
@@ -119,3 +119,38 @@ def draw_probe(results: ProbeResults, ax, fig) -> dict[str, list]:
     ax.set_title(_title(results), fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
     return drawn
+
+
+def html_figure(results: Landscape):
+    """Plotly figure of the same curves: per checkpoint its mean with a +-1.96 SE band and each direction
+    thin; hover shows alpha, rho and the accuracy; click the legend to hide a checkpoint."""
+    import plotly.graph_objects as go
+
+    alphas = results.alphas
+    adv, adv_se, acc = results.values["adv_loss"], results.values["adv_loss_se"], results.values["adv_acc"]
+    z = metrics.BAND_Z
+    fig = go.Figure()
+    palette = ["#1f5fa8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c", "#8d6a9f", "#5c5c5c"]
+    for c, ckpt in enumerate(results.checkpoints):
+        colour = palette[c % len(palette)]
+        group = f"c{c}"
+        mean, mean_se = metrics.mean_curve(adv[c], adv_se[c])
+        for k, row in enumerate(adv[c]):
+            if np.isfinite(row).any():
+                fig.add_trace(go.Scatter(x=alphas, y=row, mode="lines", line=dict(color=colour, width=0.8), opacity=0.35,
+                                         legendgroup=group, showlegend=False, customdata=acc[c, k],
+                                         hovertemplate=f"{ckpt.label}, direction {k}<br>alpha=%{{x:.3f}}<br>rho=%{{y:.4f}}"
+                                                       "<br>adv acc=%{customdata:.3f}<extra></extra>"))
+        if np.isfinite(mean).any():
+            if np.isfinite(mean_se).any():
+                fig.add_trace(go.Scatter(x=np.concatenate([alphas, alphas[::-1]]),
+                                         y=np.concatenate([mean + z * mean_se, (mean - z * mean_se)[::-1]]),
+                                         fill="toself", fillcolor=colour, opacity=0.18, line=dict(width=0),
+                                         legendgroup=group, showlegend=False, hoverinfo="skip"))
+            fig.add_trace(go.Scatter(x=alphas, y=mean, mode="lines", line=dict(color=colour, width=3),
+                                     name=f"{ckpt.label}: mean ± {z:g} SE", legendgroup=group,
+                                     hovertemplate=f"{ckpt.label} mean<br>alpha=%{{x:.3f}}<br>rho=%{{y:.4f}}<extra></extra>"))
+    natural = not results.config.get("attack", {}).get("steps")
+    fig.update_layout(title=_title(results).replace("\n", "<br>"), xaxis_title="alpha", height=560, width=900,
+                      yaxis_title="natural loss" if natural else "adversarial loss rho(w + alpha d)", template="plotly_white")
+    return fig

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from landscape.figures.output import save_plotly_html, save_png  # noqa: E402
+from landscape.figures.output import save_png  # noqa: E402
 
 
 def _z(grid: np.ndarray) -> np.ndarray:
@@ -89,10 +89,3 @@ def html_figure(alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarr
     fig.update_xaxes(title_text="alpha", row=1, col=2)
     fig.update_yaxes(title_text="beta", row=1, col=2)
     return fig
-
-
-def save_html(
-    alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray], rel: np.ndarray, path: Path, title: str
-) -> None:
-    """`html_figure` as one self-contained file: plotly is inlined, so it opens offline."""
-    save_plotly_html(html_figure(alphas, betas, grids, rel, title), path)

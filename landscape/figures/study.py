@@ -16,11 +16,12 @@ import numpy as np  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
 
 from landscape.commands.analysis import GapTests, RunAnalysis, RunCurves, proportion_se  # noqa: E402
-from landscape.core.sharpness import BAND_Z  # noqa: E402
+from landscape.core.sharpness import BAND_Z, SHARPNESS  # noqa: E402
 from landscape.figures.output import save_png  # noqa: E402
 
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-SHARPNESS_LABEL = {"rise": "sharpness: rise of ρ at |α| = r", "curvature": "sharpness: curvature ρ''(0)"}
+def sharpness_label(name: str) -> str:
+    return f"sharpness: {SHARPNESS[name].label}"
 
 
 def _save(fig, path: Path) -> Path:
@@ -234,7 +235,7 @@ def scatter_png(analyses: list[RunAnalysis], sharpness: str, tests: GapTests, pa
         fx, fy = a.final(sharpness)
         ax.scatter([fx], [fy], s=150, facecolors="none", edgecolors=colour, linewidths=1.2, zorder=3)
     fig.colorbar(sc, ax=ax, label="epoch")
-    ax.set_xlabel(SHARPNESS_LABEL[sharpness])
+    ax.set_xlabel(sharpness_label(sharpness))
     ax.set_ylabel("robust generalization gap (train − test robust acc.)")
     ax.legend(frameon=False, fontsize=7, loc="best", title="run (edge colour; ring: last epoch)", title_fontsize=7)
     ax.grid(alpha=0.25)
@@ -260,7 +261,7 @@ def scatter_fig(analyses: list[RunAnalysis], sharpness: str, tests: GapTests):
         ))
     fig.update_layout(
         title=dict(text="Robust generalization gap vs sharpness<br><sup>" + "<br>".join(test_lines(tests)) + "</sup>"),
-        xaxis_title=SHARPNESS_LABEL[sharpness], yaxis_title="robust generalization gap", height=620,
+        xaxis_title=sharpness_label(sharpness), yaxis_title="robust generalization gap", height=620,
         margin=dict(t=190), title_y=0.97, title_yanchor="top",
     )
     return fig

@@ -79,7 +79,8 @@ def _plain_datasets(dataset: str, data_dir: str) -> tuple[Dataset, Dataset]:
 # ---------------------------------------------------------------------------------------------
 
 
-def open_run_source(path: Path, epochs: str, arch: str | None, dataset: str | None, data_dir: str) -> Source:
+def open_run_source(path: Path, epochs: str, arch: str | None, dataset: str | None, data_dir: str,
+                    arch_kwargs: Mapping[str, Any] | None = None) -> Source:
     from awp.store import open_run
 
     reader = open_run(path)
@@ -137,7 +138,8 @@ def _tensor_dict(obj: Any) -> dict[str, Tensor] | None:
     return None
 
 
-def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | None, data_dir: str) -> Source:
+def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | None, data_dir: str,
+                   arch_kwargs: Mapping[str, Any] | None = None) -> Source:
     from awp.data import dataset_info
 
     if epochs not in ("last",):
@@ -166,7 +168,7 @@ def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | Non
         if arch is None or dataset is None:
             raise UserError(f"{str(path)!r} is a bare state dict: give --arch and --dataset to rebuild its model")
         info = dataset_info(dataset)
-        model = create_model(arch, info.num_classes, info.in_channels, info.mean, info.std)
+        model = create_model(arch, info.num_classes, info.in_channels, info.mean, info.std, **dict(arch_kwargs or {}))
     load_weights(model, sd, path, arch)
     model.eval()
     sha = weights_sha256(model.state_dict())
@@ -187,7 +189,7 @@ def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | Non
 # Dispatch
 # ---------------------------------------------------------------------------------------------
 
-Opener = Callable[[Path, str, "str | None", "str | None", str], Source]
+Opener = Callable[..., Source]  # (path, epochs, arch, dataset, data_dir, arch_kwargs) -> Source
 # (sniffer, opener) in order: the first whose sniffer accepts the file opens it.
 OPENERS: list[tuple[Callable[[Path], bool], Opener]] = [
     (h5py.is_hdf5, open_run_source),
@@ -196,7 +198,8 @@ OPENERS: list[tuple[Callable[[Path], bool], Opener]] = [
 
 
 def open_source(
-    path: str | Path, epochs: str = "last", arch: str | None = None, dataset: str | None = None, data_dir: str = "data"
+    path: str | Path, epochs: str = "last", arch: str | None = None, dataset: str | None = None, data_dir: str = "data",
+    arch_kwargs: Mapping[str, Any] | None = None,
 ) -> Source:
     """Open CKPT (a run file or a .pt); a missing or unreadable file is a one-line `UserError`."""
     path = Path(path).resolve()
@@ -204,5 +207,5 @@ def open_source(
         raise UserError(f"no checkpoint file at {str(path)!r}")
     for sniff, opener in OPENERS:
         if sniff(path):
-            return opener(path, epochs, arch, dataset, data_dir)
+            return opener(path, epochs, arch, dataset, data_dir, arch_kwargs)
     raise AssertionError("the last opener accepts every file")

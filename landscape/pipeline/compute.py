@@ -1,0 +1,136 @@
+"""The one compute loop of every landscape (1-D, 2-D, N-D): pending points of a `Landscape` taken in
+chunks, shared round-robin among torchrun ranks, gathered to rank 0 (the one writer) once per chunk,
+and flushed after each, so kill -9 loses at most the chunk in flight. Alg. 1 lines 8-16 at every point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+
+import torch
+from torch import Tensor, nn
+
+from awp.attacks import AttackConfig
+from awp.stopping import stop_requested
+from awp.weights import snapshot
+from landscape.core import engine
+from landscape.core.directions import DIRECTIONS, DirectionContext, build_direction
+from landscape.pipeline import dist
+from landscape.pipeline.progress import PointBar
+from landscape.storage.results import FIELDS, Landscape
+
+Build = Callable[[torch.device], nn.Module]  # weights of one checkpoint as a model on a device (eval mode)
+
+
+@dataclass
+class Job:
+    """Everything a landscape's points need besides their coordinates: a model builder per checkpoint
+    (in the results' order), the fixed batches, the attack run at every point, the BN mode and its
+    clean inputs, the `fixed_adv` ablation, and the weights `interpolate` directions lead to (by sha256)."""
+
+    builds: Sequence[Build]
+    batches: Sequence[engine.ProbeBatch]
+    attack: AttackConfig
+    bn: str = "eval"
+    bn_inputs: Sequence[Tensor] = ()
+    fixed_adv: bool = False
+    targets: Mapping[str, Build] = field(default_factory=dict)
+    chunk: int = 4  # points per rank between flushes
+
+
+class _Current:
+    """The model of one checkpoint at a time on this rank, with its saved w, its directions (built
+    lazily, cached on the device) and, for `fixed_adv`, its examples made once at w."""
+
+    def __init__(self, results: Landscape, job: Job, device: torch.device) -> None:
+        self.results, self.job, self.device = results, job, device
+        self.c: int | None = None
+        self.stack = contextlib.ExitStack()
+
+    def close(self) -> None:
+        self.stack.close()
+        self.c = None
+
+    def at(self, c: int) -> "_Current":
+        if c == self.c:
+            return self
+        self.close()
+        self.model = self.job.builds[c](self.device).eval()
+        self.stack.enter_context(engine.frozen(self.model))
+        self.base = snapshot(dict(self.model.named_parameters()))
+        self.w_cpu = {n: t.to("cpu") for n, t in self.base.items()}  # directions come from CPU weights
+        self.dirs: dict[int, dict[str, Tensor]] = {}
+        self.fixed = None
+        if self.job.fixed_adv:  # the ablation: examples made once against w
+            with engine.bn_mode(self.job.bn)(self.model, self.job.bn_inputs):
+                self.fixed = engine.adversarial_examples(self.model, self.job.batches, self.job.attack)
+        self.c = c
+        return self
+
+    def _target(self, ident: Mapping) -> dict[str, Tensor]:
+        build = self.job.targets.get(str(ident.get("sha256")))
+        if build is None:
+            raise KeyError(f"no weights for the interpolation target {ident.get('label')}")
+        return {n: p.detach().cpu() for n, p in build(torch.device("cpu")).named_parameters()}
+
+    def direction(self, k: int) -> dict[str, Tensor]:
+        if k not in self.dirs:
+            spec = self.results.directions[k]
+            ctx = DirectionContext(target=self._target, stored=self.results.stored.get((self.c, k)))
+            d = build_direction(spec, self.w_cpu, ctx)  # Alg. 1 lines 2-7 for a random one
+            if not DIRECTIONS.lookup(spec["kind"]).regenerable:
+                self.results.stored[(self.c, k)] = d
+            self.dirs[k] = {n: t.to(self.base[n].device, self.base[n].dtype) for n, t in d.items()}
+        return self.dirs[k]
+
+    def evaluate(self, flat: int | None) -> dict[str, float]:
+        terms = [] if flat is None else [(self.direction(k), c) for k, c in self.results.grid.terms(flat)]
+        sums = engine.evaluate_at(self.model, terms, self.job.batches, self.job.attack, base=self.base,
+                                  bn=self.job.bn, bn_inputs=self.job.bn_inputs, fixed_adv=self.fixed)  # Eq. 5
+        return sums.reduce()
+
+
+def compute(results: Landscape, job: Job, ctx: dist.DistContext, *, flush: Callable[[], None] = lambda: None,
+            progress: bool = False, describe: str = "landscape") -> tuple[int, bool]:
+    """Compute this rank's share of `results.pending()` in rounds of `job.chunk` points per rank; after
+    each round rank 0 stores every rank's points and calls `flush`. Stops after the round in which
+    Ctrl-C reached any rank. Returns (points stored, stopped early); only rank 0's `results` fill."""
+    todo = results.pending()
+    mine = todo[ctx.rank :: ctx.world]  # round-robin: near-equal shares, neighbouring points apart
+    per_rank = -(-len(todo) // ctx.world)
+    rounds = -(-per_rank // job.chunk) if per_rank else 0
+    current = _Current(results, job, ctx.device)
+    stored, width = 0, 4 + len(FIELDS)  # row: valid, checkpoint, is origin, flat index, fields
+    t0 = time.perf_counter()
+    try:
+        with PointBar(len(todo), progress and ctx.is_main, describe) as bar:
+            for r in range(rounds):
+                rows = torch.zeros((job.chunk, width), dtype=torch.float64)
+                for slot, (c, flat) in enumerate(mine[r * job.chunk : (r + 1) * job.chunk]):
+                    point = current.at(c).evaluate(flat)
+                    rows[slot] = torch.tensor([1.0, c, flat is None, -1 if flat is None else flat]
+                                              + [point[k] for k in FIELDS], dtype=torch.float64)
+                gathered = dist.gather_rows(ctx, rows)  # one collective per round, not per point
+                if ctx.is_main:
+                    for row in gathered.tolist():
+                        if row[0] == 1.0:
+                            results.set_point(int(row[1]), None if row[2] else int(row[3]), dict(zip(FIELDS, row[4:])))
+                            stored += 1
+                    bar.advance(int(gathered[:, 0].sum()))
+                    results.runtime["compute_seconds"] = results.runtime.get("compute_seconds", 0.0) + time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    flush()
+                if dist.any_flag(ctx, stop_requested()) and r + 1 < rounds:  # Ctrl-C on any rank
+                    return stored, True
+    finally:
+        current.close()
+    return stored, False
+
+
+def chunk_for(results: Landscape) -> int:
+    """A default chunk: one alpha axis per rank for 1-D curves (a flush per direction, as before), else 4."""
+    return len(results.alphas) if results.grid.kind == "curves" else 4
