@@ -27,9 +27,9 @@ app = typer.Typer(
 )
 
 
-class Norm(str, Enum):
-    linf = "linf"
-    l2 = "l2"
+from awp.attacks import NORMS  # noqa: E402
+
+Norm = NORMS.choices("Norm")  # the CLI's choices come from the registries
 
 
 def _version(value: bool) -> None:
@@ -108,13 +108,14 @@ _R = "Run file"
 
 @app.command("train-awp")
 def train_awp(
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run file (HDF5) to write; default runs/DATASET-METHOD.h5.", rich_help_panel=_R)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run file (HDF5) to write; default runs/DATASET-METHOD.h5 (METHOD-awp with --awp).", rich_help_panel=_R)] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file setting any option (flat keys, e.g. eps = \"8/255\"); flags override it.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="digits (embedded, default), cifar10, cifar100, svhn.")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where torchvision datasets live.")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Model from the registry (digits: smallcnn, CIFAR/SVHN: preactresnet18).")] = None,
     arch_kwargs: Annotated[Optional[str], typer.Option("--arch-kwargs", help="Model options as JSON, e.g. '{\"widths\": [16, 32, 32]}'.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="at or at-awp (method registry).", rich_help_panel=_T)] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Training method from the registry: at (Madry et al.); at-awp is at with --awp.", rich_help_panel=_T)] = None,
+    method_params: Annotated[Optional[str], typer.Option("--method-params", help="The method's own parameters as JSON, e.g. '{\"NAME\": VALUE}' (in a --config file: method-params = {NAME = VALUE}); those not given take the method's defaults.", rich_help_panel=_T)] = None,
     norm: Annotated[Optional[Norm], typer.Option("--norm", help="Threat model.", rich_help_panel=_A)] = None,
     eps: Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 0.25 or 8/255 (digits 0.25, CIFAR 8/255).", rich_help_panel=_A)] = None,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="PGD steps K1 for training (10).", rich_help_panel=_A)] = None,
@@ -122,6 +123,7 @@ def train_awp(
     eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="PGD steps for the per-epoch evaluation (CIFAR 20, digits 10).", rich_help_panel=_A)] = None,
     eval_step_size: Annotated[Optional[str], typer.Option("--eval-step-size", help="PGD step for evaluation (default: the training step).", rich_help_panel=_A)] = None,
     l2_start: Annotated[Optional[str], typer.Option("--l2-start", help="L2 PGD random start: reference (radius eps*U(0,1), the authors' code) or ball (uniform in the ball).", rich_help_panel=_A)] = None,
+    awp: Annotated[Optional[bool], typer.Option("--awp/--no-awp", help="Adversarial weight perturbation around every step of the method (default off).", rich_help_panel=_W)] = None,
     gamma: Annotated[Optional[str], typer.Option("--gamma", help="AWP size gamma of Eq. 8 (digits 0.01; PreAct ResNet-18 on CIFAR/SVHN 0.01, Table 1; WideResNet 5e-3).", rich_help_panel=_W)] = None,
     awp_steps: Annotated[Optional[int], typer.Option("--awp-steps", help="AWP ascent steps K2 (1).", rich_help_panel=_W)] = None,
     awp_step_size: Annotated[Optional[str], typer.Option("--awp-step-size", help="AWP step eta2 (default gamma/(A*K2), Appendix D.2).", rich_help_panel=_W)] = None,
@@ -149,7 +151,7 @@ def train_awp(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run file.", rich_help_panel=_R)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-epoch lines.")] = False,
 ) -> None:
-    """Adversarially train with AT or AT-AWP and record every epoch in a crash-safe HDF5 run file."""
+    """Adversarially train with a registered method, with or without AWP, and record every epoch in a crash-safe HDF5 run file."""
     flags = {k: v for k, v in locals().items() if k not in ("out", "config", "resume", "overwrite", "quiet")}
     flags["norm"] = norm.value if norm is not None else None
     from awp.progress import ConsoleReporter
@@ -159,7 +161,7 @@ def train_awp(
     from awp.trainconfig import format_toml, resolve_config
 
     cfg = resolve_config(flags, config)
-    path = out if out is not None else Path("runs") / f"{cfg.dataset}-{cfg.method}.h5"
+    path = out if out is not None else Path("runs") / f"{cfg.dataset}-{cfg.label}.h5"
     if resume and path.exists():
         cfg = resolve_config(flags, config, stored=open_run(path).config)
     reporter = ConsoleReporter(quiet=quiet)
@@ -199,86 +201,84 @@ def export(
     typer.echo(f"wrote epoch {e} of {run} to {out}")
 
 
-# ---- probe
+# ---- landscapes: every option declared once, choices built from the registries
 
+from awp.attacks import NORMS  # noqa: E402
+from landscape.core.directions import DIRECTIONS, NORMALIZATIONS  # noqa: E402
+from landscape.core.engine import BN_MODES  # noqa: E402
+from landscape.core.sharpness import SHARPNESS  # noqa: E402
 
-class ProbeSplit(str, Enum):
-    train = "train"
-    test = "test"
-
-
-class DirectionNorm(str, Enum):
-    filter = "filter"
-    layer = "layer"
-    none = "none"
-
-
-class BNMode(str, Enum):
-    eval = "eval"
-    recalibrate = "recalibrate"
-
+Norm = NORMS.choices("Norm")
+DirectionNorm = NORMALIZATIONS.choices("DirectionNorm")
+BNMode = BN_MODES.choices("BNMode")
+Measure = SHARPNESS.choices("Measure")
+DirectionKind = Enum("DirectionKind", {n: n for n, k in DIRECTIONS.items() if k.regenerable}, type=str)
+Split = Enum("Split", {"train": "train", "test": "test"}, type=str)
 
 _PL = "Landscape (Eq. 5, Algorithm 1)"
 _PA = "Attack (default: the run's training threat model)"
-_PD = "Checkpoint and data"
-_PO = "Output"
+_PD = "Checkpoint, model and data"
+_PO = "Output and processes"
+
+CkptArg = Annotated[Optional[Path], typer.Argument(help="Run file from train-awp, or a .pt state dict.", show_default=False)]
+FromOpt = Annotated[Optional[Path], typer.Option("--from", help="Redraw the figures (and table) of RESULTS.h5; computes nothing.", rich_help_panel=_PO)]
+EpochOpt = Annotated[str, typer.Option("--epoch", help="Run files: best, last, N, all or every:K (plot2d: one checkpoint).", rich_help_panel=_PD)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "--arch", help="Model of a foreign .pt: a registry name, MODULE:CALLABLE (your own nn.Module, inputs in [0, 1]) or robustbench:NAME.", rich_help_panel=_PD)]
+ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", help="Keyword arguments of the model as JSON, e.g. '{\"depth\": 16}'.", rich_help_panel=_PD)]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Dataset of a foreign .pt: a name, npz:PATH or folder:PATH.", rich_help_panel=_PD)]
+LDataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where torchvision datasets live.", rich_help_panel=_PD)]
+SplitOpt = Annotated[Split, typer.Option("--split", help="Data the loss is measured on (Algorithm 1: train).", rich_help_panel=_PD)]
+SamplesOpt = Annotated[int, typer.Option("--samples", min=0, help="Fixed class-stratified subset; 0 = the whole split.", rich_help_panel=_PD)]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Examples per forward pass.", rich_help_panel=_PD)]
+NormalizeOpt = Annotated[DirectionNorm, typer.Option("--normalize", help="Direction normalization: filter (Eq. 5), layer or none.", rich_help_panel=_PL)]
+IncludeBnOpt = Annotated[bool, typer.Option("--include-bn", help="Give biases and BatchNorm parameters a direction too (d = w).", rich_help_panel=_PL)]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of the random directions (seed, k), random starts and --samples.", rich_help_panel=_PL)]
+BnOpt = Annotated[BNMode, typer.Option("--bn", help="eval: keep w's BN statistics; recalibrate: re-estimate them at every point.", rich_help_panel=_PL)]
+BnBatchesOpt = Annotated[int, typer.Option("--bn-batches", min=1, help="Training batches per BN recalibration.", rich_help_panel=_PL)]
+PgdOpt = Annotated[int, typer.Option("--pgd", min=0, help="PGD steps K1 at every point; 0 = natural loss landscape.", rich_help_panel=_PA)]
+EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 8/255.", rich_help_panel=_PA)]
+PgdStepOpt = Annotated[Optional[str], typer.Option("--pgd-step", help="PGD step eta1 (default: the training step, or eps/4).", rich_help_panel=_PA)]
+NormOpt = Annotated[Optional[Norm], typer.Option("--norm", help="Threat model.", rich_help_panel=_PA)]
+ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Points per process between flushes of the results file (default: one direction for probe, 4 for plot2d).", rich_help_panel=_PO)]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes on this machine (torch's elastic launcher, as torchrun).", rich_help_panel=_PO)]
+OversubOpt = Annotated[bool, typer.Option("--oversubscribe", help="Allow more --workers than CPU cores (or GPUs with nccl).", rich_help_panel=_PO)]
+LDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=_PO)]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); figures go beside it.", rich_help_panel=_PO)]
+ResumeOverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming -o.", rich_help_panel=_PO)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_PO)]
 
 
-@app.command()
-def probe(
-    ckpt: Annotated[Optional[Path], typer.Argument(help="Run file from train-awp, or a .pt state dict.", show_default=False)] = None,
-    from_results: Annotated[Optional[Path], typer.Option("--from", help="Redraw the PNG and table of RESULTS.h5; computes nothing.", rich_help_panel=_PO)] = None,
-    epoch: Annotated[str, typer.Option("--epoch", help="Run files: best, last, N, all or every:K.", rich_help_panel=_PD)] = "last",
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a foreign .pt (registry name).", rich_help_panel=_PD)] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset of a foreign .pt.", rich_help_panel=_PD)] = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where torchvision datasets live.", rich_help_panel=_PD)] = Path("data"),
-    alphas: Annotated[str, typer.Option("--alphas", help="MIN:MAX:NUM, with MIN < 0 < MAX.", rich_help_panel=_PL)] = "-1:1:41",
-    dirs: Annotated[int, typer.Option("--dirs", help="Random directions (Appendix B.2 uses 10).", rich_help_panel=_PL)] = 10,
-    normalize: Annotated[DirectionNorm, typer.Option("--normalize", help="filter (Eq. 5), layer or none.", rich_help_panel=_PL)] = DirectionNorm.filter,
-    include_bn: Annotated[bool, typer.Option("--include-bn", help="Give biases and BatchNorm parameters a direction too.", rich_help_panel=_PL)] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of directions (seed, k), random starts and --samples.", rich_help_panel=_PL)] = 0,
-    bn: Annotated[BNMode, typer.Option("--bn", help="eval: keep w's BN statistics; recalibrate: re-estimate them at every point.", rich_help_panel=_PL)] = BNMode.eval,
-    bn_batches: Annotated[int, typer.Option("--bn-batches", help="Training batches per recalibration.", rich_help_panel=_PL)] = 8,
-    radius: Annotated[Optional[str], typer.Option("--radius", help="|alpha| of the sharpness rise (default: half the range).", rich_help_panel=_PL)] = None,
-    pgd: Annotated[int, typer.Option("--pgd", help="PGD steps K1; 0 = natural loss landscape.", rich_help_panel=_PA)] = 10,
-    eps: Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 8/255.", rich_help_panel=_PA)] = None,
-    pgd_step: Annotated[Optional[str], typer.Option("--pgd-step", help="PGD step eta1 (default: the training step, or eps/4).", rich_help_panel=_PA)] = None,
-    norm: Annotated[Optional[Norm], typer.Option("--norm", help="Threat model.", rich_help_panel=_PA)] = None,
-    fixed_adv: Annotated[bool, typer.Option("--fixed-adv", help="Ablation: examples made once at w, reused at every point.", rich_help_panel=_PA)] = False,
-    split: Annotated[ProbeSplit, typer.Option("--split", help="Data the loss is measured on (Algorithm 1: train).", rich_help_panel=_PD)] = ProbeSplit.train,
-    samples: Annotated[int, typer.Option("--samples", help="Fixed class-stratified subset; 0 = the whole split.", rich_help_panel=_PD)] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=_PD)] = 256,
-    device: DeviceOpt = "auto",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); default probe-CKPT.h5.", rich_help_panel=_PO)] = None,
-    png: Annotated[Optional[Path], typer.Option("--png", help="Figure; default beside the results file.", rich_help_panel=_PO)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming -o.", rich_help_panel=_PO)] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_PO)] = False,
-) -> None:
-    """The 1-D weight loss landscape rho(w + alpha d) with PGD on the fly, along repeated random directions, with sharpness."""
+def _kwargs_json(text: Optional[str]) -> Optional[dict]:
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--model-kwargs {text!r} is not JSON ({e.msg}); give an object, e.g. '{{\"depth\": 16}}'") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--model-kwargs {text!r} is not a JSON object; give e.g. '{{\"depth\": 16}}'")
+    return value
+
+
+def _options(ckpt: Path, epoch: str, model: Optional[str], model_kwargs: Optional[str], dataset: Optional[str],
+             data_dir: Path, split: Split, samples: int, batch_size: int, normalize: DirectionNorm, include_bn: bool,
+             seed: int, bn: BNMode, bn_batches: int, pgd: int, eps: Optional[str], pgd_step: Optional[str],
+             norm: Optional[Norm], chunk: Optional[int], workers: int, device: str, out: Optional[Path],
+             overwrite: bool, quiet: bool) -> dict:
+    """The `LandscapeOptions` fields every landscape command shares, from its parsed flags."""
     from awp.config import parse_fraction
-    from landscape.commands.probe import ProbeConfig, rerender, run_probe
 
-    r = parse_fraction(radius, "--radius") if radius is not None else None
-    if from_results is not None:
-        if ckpt is not None:
-            raise UserError("give CKPT to compute or --from RESULTS.h5 to redraw, not both")
-        rerender(from_results, str(png) if png else None, r, overwrite=overwrite)
-        return
-    if ckpt is None:
-        raise UserError("missing CKPT (a run file or .pt), or --from RESULTS.h5")
-    cfg = ProbeConfig(
-        checkpoint=str(ckpt), epochs=epoch, arch=arch, dataset=dataset, data_dir=str(data_dir), alphas=alphas,
-        dirs=dirs, steps=pgd, eps=parse_fraction(eps, "--eps") if eps is not None else None,
+    return dict(
+        checkpoint=str(ckpt), epochs=epoch, arch=model, arch_kwargs=_kwargs_json(model_kwargs), dataset=dataset,
+        data_dir=str(data_dir), split=split.value, samples=samples, batch_size=batch_size, normalize=normalize.value,
+        include_bn=include_bn, seed=seed, bn=bn.value, bn_batches=bn_batches, steps=pgd,
+        eps=parse_fraction(eps, "--eps") if eps is not None else None,
         step_size=parse_fraction(pgd_step, "--pgd-step") if pgd_step is not None else None,
-        norm=norm.value if norm else None, split=split.value, samples=samples, batch_size=batch_size, seed=seed,
-        normalize=normalize.value, include_bn=include_bn, fixed_adv=fixed_adv, bn=bn.value, bn_batches=bn_batches,
-        radius=r, device=device, out=str(out) if out else None, png=str(png) if png else None,
-        overwrite=overwrite, progress=not quiet,
+        norm=norm.value if norm else None, chunk=chunk, workers=workers, device=device,
+        out=str(out) if out else None, overwrite=overwrite, progress=not quiet,
     )
-    run_probe(cfg)
-
-
-# ---- plot2d
 
 
 def _without_workers(argv: list[str]) -> list[str]:
@@ -294,62 +294,84 @@ def _without_workers(argv: list[str]) -> list[str]:
     return out
 
 
-@app.command()
-def plot2d(
-    ckpt: Annotated[Optional[Path], typer.Argument(help="Run file from train-awp, or a .pt state dict.", show_default=False)] = None,
-    from_results: Annotated[Optional[Path], typer.Option("--from", help="Redraw the figures of RESULTS.h5; computes nothing.", rich_help_panel=_PO)] = None,
-    grid: Annotated[str, typer.Option("--grid", help="Points along alpha x beta, e.g. 21x21 or 31x11.", rich_help_panel=_PL)] = "21x21",
-    span: Annotated[str, typer.Option("--range", help="AMIN:AMAX,BMIN:BMAX (one span: both axes).", rich_help_panel=_PL)] = "-1:1,-1:1",
-    epoch: Annotated[str, typer.Option("--epoch", help="Run files: best, last or N.", rich_help_panel=_PD)] = "last",
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a foreign .pt.", rich_help_panel=_PD)] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset of a foreign .pt.", rich_help_panel=_PD)] = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir", rich_help_panel=_PD)] = Path("data"),
-    normalize: Annotated[DirectionNorm, typer.Option("--normalize", help="filter (Eq. 5), layer or none.", rich_help_panel=_PL)] = DirectionNorm.filter,
-    include_bn: Annotated[bool, typer.Option("--include-bn", help="Give biases and BatchNorm parameters a direction too.", rich_help_panel=_PL)] = False,
-    seed: Annotated[int, typer.Option("--seed", help="d and e are probe's directions 0 and 1 for this seed.", rich_help_panel=_PL)] = 0,
-    bn: Annotated[BNMode, typer.Option("--bn", help="eval or recalibrate.", rich_help_panel=_PL)] = BNMode.eval,
-    bn_batches: Annotated[int, typer.Option("--bn-batches", rich_help_panel=_PL)] = 8,
-    pgd: Annotated[int, typer.Option("--pgd", help="PGD steps K1; 0 = natural loss.", rich_help_panel=_PA)] = 10,
-    eps: Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 8/255.", rich_help_panel=_PA)] = None,
-    pgd_step: Annotated[Optional[str], typer.Option("--pgd-step", help="PGD step eta1.", rich_help_panel=_PA)] = None,
-    norm: Annotated[Optional[Norm], typer.Option("--norm", rich_help_panel=_PA)] = None,
-    split: Annotated[ProbeSplit, typer.Option("--split", rich_help_panel=_PD)] = ProbeSplit.train,
-    samples: Annotated[int, typer.Option("--samples", help="Fixed class-stratified subset; 0 = all.", rich_help_panel=_PD)] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=_PD)] = 256,
-    chunk: Annotated[int, typer.Option("--chunk", help="Points per process between flushes of the results file.", rich_help_panel=_PO)] = 4,
-    workers: Annotated[int, typer.Option("--workers", help="Launch torchrun with N processes on this machine.", rich_help_panel=_PO)] = 1,
-    oversubscribe: Annotated[bool, typer.Option("--oversubscribe", help="Allow more --workers than CPU cores (or GPUs with nccl).", rich_help_panel=_PO)] = False,
-    device: DeviceOpt = "auto",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); default plot2d-CKPT.h5.", rich_help_panel=_PO)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming -o.", rich_help_panel=_PO)] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_PO)] = False,
-) -> None:
-    """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready."""
-    from awp.config import parse_fraction
-    from landscape.commands.plot2d import Plot2DConfig, prepare, rerender, run_plot2d
-
-    if from_results is not None:
-        if ckpt is not None:
-            raise UserError("give CKPT to compute or --from RESULTS.h5 to redraw, not both")
-        rerender(from_results, overwrite=overwrite)
-        return
-    if ckpt is None:
-        raise UserError("missing CKPT (a run file or .pt), or --from RESULTS.h5")
-    cfg = Plot2DConfig(
-        checkpoint=str(ckpt), epochs=epoch, arch=arch, dataset=dataset, data_dir=str(data_dir), grid=grid, range=span,
-        steps=pgd, eps=parse_fraction(eps, "--eps") if eps is not None else None,
-        step_size=parse_fraction(pgd_step, "--pgd-step") if pgd_step is not None else None,
-        norm=norm.value if norm else None, split=split.value, samples=samples, batch_size=batch_size, seed=seed,
-        normalize=normalize.value, include_bn=include_bn, bn=bn.value, bn_batches=bn_batches, chunk=chunk,
-        device=device, out=str(out) if out else None, overwrite=overwrite, progress=not quiet,
-    )
+def _run_landscape(cfg, plan, run, oversubscribe: bool) -> None:
+    """One process, or `--workers N` of them (every check made first, here, before they start)."""
     from landscape.pipeline.dist import check_workers, launch
 
-    check_workers(workers, device, oversubscribe)
-    if workers > 1:
-        prepare(cfg)  # every check a single process makes, before torchrun starts
-        raise typer.Exit(launch(workers, _without_workers(sys.argv[1:])))
-    run_plot2d(cfg)
+    check_workers(cfg.workers, cfg.device, oversubscribe)
+    if cfg.workers > 1:
+        plan(cfg)
+        raise typer.Exit(launch(cfg.workers, _without_workers(sys.argv[1:])))
+    run(cfg)
+
+
+def _compute_or_redraw(ckpt: Optional[Path], from_results: Optional[Path]) -> bool:
+    if from_results is not None and ckpt is not None:
+        raise UserError("give CKPT to compute or --from RESULTS.h5 to redraw, not both")
+    if from_results is None and ckpt is None:
+        raise UserError("missing CKPT (a run file or .pt), or --from RESULTS.h5")
+    return from_results is None
+
+
+@app.command()
+def probe(
+    ckpt: CkptArg = None,
+    from_results: FromOpt = None,
+    alphas: Annotated[str, typer.Option("--alphas", help="MIN:MAX:NUM, with MIN < 0 < MAX.", rich_help_panel=_PL)] = "-1:1:41",
+    dirs: Annotated[int, typer.Option("--dirs", min=1, help="Random directions (Appendix B.2 uses 10).", rich_help_panel=_PL)] = 10,
+    direction: Annotated[DirectionKind, typer.Option("--direction", help="random, or interpolate: the straight line to --to.", rich_help_panel=_PL)] = DirectionKind.random,
+    to: Annotated[Optional[str], typer.Option("--to", help="interpolate: the epoch of the same run the line leads to (best, last, N).", rich_help_panel=_PL)] = None,
+    radius: Annotated[Optional[str], typer.Option("--radius", help="|alpha| of the sharpness measures (default: half the range).", rich_help_panel=_PL)] = None,
+    fixed_adv: Annotated[bool, typer.Option("--fixed-adv", help="Ablation: examples made once at w, reused at every point.", rich_help_panel=_PA)] = False,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Figure; default beside the results file (HTML beside it).", rich_help_panel=_PO)] = None,
+    epoch: EpochOpt = "last", model: ModelOpt = None, model_kwargs: ModelKwargsOpt = None, dataset: DatasetOpt = None,
+    data_dir: LDataDirOpt = Path("data"), split: SplitOpt = Split.train, samples: SamplesOpt = 0, batch_size: BatchOpt = 256,
+    normalize: NormalizeOpt = DirectionNorm.filter, include_bn: IncludeBnOpt = False, seed: SeedOpt = 0,
+    bn: BnOpt = BNMode.eval, bn_batches: BnBatchesOpt = 8, pgd: PgdOpt = 10, eps: EpsOpt = None,
+    pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, workers: WorkersOpt = 1,
+    oversubscribe: OversubOpt = False, device: LDeviceOpt = "auto", out: OutOpt = None,
+    overwrite: ResumeOverwriteOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """The 1-D weight loss landscape rho(w + alpha d) with PGD on the fly, along repeated directions, with sharpness."""
+    from awp.config import parse_fraction
+    from landscape.commands.probe import ProbeConfig, plan, rerender, run_probe
+
+    r = parse_fraction(radius, "--radius") if radius is not None else None
+    if not _compute_or_redraw(ckpt, from_results):
+        rerender(from_results, str(png) if png else None, r, overwrite=overwrite)
+        return
+    shared = _options(ckpt, epoch, model, model_kwargs, dataset, data_dir, split, samples, batch_size, normalize,
+                      include_bn, seed, bn, bn_batches, pgd, eps, pgd_step, norm, chunk, workers, device, out,
+                      overwrite, quiet)
+    cfg = ProbeConfig(**shared, alphas=alphas, dirs=dirs, direction=direction.value, to=to, fixed_adv=fixed_adv,
+                      radius=r, png=str(png) if png else None)
+    _run_landscape(cfg, plan, run_probe, oversubscribe)
+
+
+@app.command()
+def plot2d(
+    ckpt: CkptArg = None,
+    from_results: FromOpt = None,
+    grid: Annotated[str, typer.Option("--grid", help="Points along alpha x beta, e.g. 21x21 or 31x11.", rich_help_panel=_PL)] = "21x21",
+    span: Annotated[str, typer.Option("--range", help="AMIN:AMAX,BMIN:BMAX (one span: both axes).", rich_help_panel=_PL)] = "-1:1,-1:1",
+    epoch: EpochOpt = "last", model: ModelOpt = None, model_kwargs: ModelKwargsOpt = None, dataset: DatasetOpt = None,
+    data_dir: LDataDirOpt = Path("data"), split: SplitOpt = Split.train, samples: SamplesOpt = 0, batch_size: BatchOpt = 256,
+    normalize: NormalizeOpt = DirectionNorm.filter, include_bn: IncludeBnOpt = False, seed: SeedOpt = 0,
+    bn: BnOpt = BNMode.eval, bn_batches: BnBatchesOpt = 8, pgd: PgdOpt = 10, eps: EpsOpt = None,
+    pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, workers: WorkersOpt = 1,
+    oversubscribe: OversubOpt = False, device: LDeviceOpt = "auto", out: OutOpt = None,
+    overwrite: ResumeOverwriteOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready."""
+    from landscape.commands.plot2d import Plot2DConfig, plan, rerender, run_plot2d
+
+    if not _compute_or_redraw(ckpt, from_results):
+        rerender(from_results, overwrite=overwrite)
+        return
+    shared = _options(ckpt, epoch, model, model_kwargs, dataset, data_dir, split, samples, batch_size, normalize,
+                      include_bn, seed, bn, bn_batches, pgd, eps, pgd_step, norm, chunk, workers, device, out,
+                      overwrite, quiet)
+    _run_landscape(Plot2DConfig(**shared, grid=grid, range=span), plan, run_plot2d, oversubscribe)
 
 
 # ---- gap / report
@@ -357,12 +379,7 @@ def plot2d(
 _GL = "Landscapes (probed every K epochs, cached beside each run)"
 
 
-class Sharpness(str, Enum):
-    rise = "rise"
-    curvature = "curvature"
-
-
-def _gap_config(runs: list[Path], every: int, sharpness: Sharpness, dirs: int, alphas: str, pgd: Optional[int],
+def _gap_config(runs: list[Path], every: int, sharpness: Measure, dirs: int, alphas: str, pgd: Optional[int],
                 samples: int, seed: int, device: str, quiet: bool, overwrite: bool, out_dir: Path = Path("figures"),
                 prefix: str = "gap"):
     from landscape.commands.analysis import GapConfig
@@ -373,32 +390,34 @@ def _gap_config(runs: list[Path], every: int, sharpness: Sharpness, dirs: int, a
 
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run files from train-awp.", show_default=False)]
-EveryOpt = Annotated[int, typer.Option("--every", help="Probe every K-th epoch, plus best and last.", rich_help_panel=_GL)]
-SharpOpt = Annotated[Sharpness, typer.Option("--sharpness", help="rise or curvature (as probe reports them).", rich_help_panel=_GL)]
-GDirsOpt = Annotated[int, typer.Option("--dirs", help="Directions per checkpoint.", rich_help_panel=_GL)]
+EveryOpt = Annotated[int, typer.Option("--every", min=1, help="Probe every K-th epoch, plus best and last.", rich_help_panel=_GL)]
+SharpOpt = Annotated[Measure, typer.Option("--sharpness", help="The x axis: a sharpness measure (as probe reports them).", rich_help_panel=_GL)]
+GDirsOpt = Annotated[int, typer.Option("--dirs", min=1, help="Directions per checkpoint.", rich_help_panel=_GL)]
 GAlphasOpt = Annotated[str, typer.Option("--alphas", help="MIN:MAX:NUM.", rich_help_panel=_GL)]
-GPgdOpt = Annotated[Optional[int], typer.Option("--pgd", help="PGD steps (default: the run's training steps).", rich_help_panel=_GL)]
-GSamplesOpt = Annotated[int, typer.Option("--samples", help="Fixed class-stratified training subset.", rich_help_panel=_GL)]
+GPgdOpt = Annotated[Optional[int], typer.Option("--pgd", min=0, help="PGD steps (default: the run's training steps).", rich_help_panel=_GL)]
+GSamplesOpt = Annotated[int, typer.Option("--samples", min=0, help="Fixed class-stratified training subset.", rich_help_panel=_GL)]
+GSeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of directions, random starts and --samples.", rich_help_panel=_GL)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs that an earlier run of this command on these runs did not write.")]
+GQuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 @app.command()
 def gap(
     runs: RunsArg,
     every: EveryOpt = 10,
-    sharpness: SharpOpt = Sharpness.rise,
+    sharpness: SharpOpt = Measure.rise,
     dirs: GDirsOpt = 3,
     alphas: GAlphasOpt = "-1:1:11",
     pgd: GPgdOpt = None,
     samples: GSamplesOpt = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: GSeedOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where figures go (PNG and HTML).")] = Path("figures"),
     prefix: Annotated[str, typer.Option("--prefix", help="File-name prefix of the figures.")] = "gap",
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: GQuietOpt = False,
 ) -> None:
-    """Robust generalization gap vs landscape sharpness over epochs and runs (Figure 1), with correlations."""
+    """Robust generalization gap vs landscape sharpness over epochs and runs (Figure 1), with valid tests."""
     from landscape.commands.gap import run_gap
 
     run_gap(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite, out_dir, prefix))
@@ -408,17 +427,17 @@ def gap(
 def report(
     runs: RunsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file.")] = Path("report.html"),
-    title: Annotated[str, typer.Option("--title")] = "Weight loss landscape report",
+    title: Annotated[str, typer.Option("--title", help="The report's heading.")] = "Weight loss landscape report",
     every: EveryOpt = 10,
-    sharpness: SharpOpt = Sharpness.rise,
+    sharpness: SharpOpt = Measure.rise,
     dirs: GDirsOpt = 3,
     alphas: GAlphasOpt = "-1:1:11",
     pgd: GPgdOpt = None,
     samples: GSamplesOpt = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: GSeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: GQuietOpt = False,
 ) -> None:
     """One self-contained, offline HTML report: configs, curves, landscapes, 2-D plots, gap vs sharpness."""
     from landscape.commands.report import write_report

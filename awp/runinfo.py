@@ -90,14 +90,15 @@ def metric_table(reader: RunReader, every: int = 1) -> list[str]:
 
 
 def info_text(reader: RunReader, every: int = 1) -> str:
-    """Everything `landscape info` prints: status, versions, saved epochs, config, table, summary."""
-    lines = [f"run        {reader.path}", f"status     {reader.status}"]
+    """Everything `landscape info` prints: status, method label, versions, saved epochs, config, table, summary."""
+    cfg = reader.train_config()
+    lines = [f"run        {reader.path}", f"status     {reader.status}", f"method     {cfg.label}"]
     v = reader.versions
     lines.append("versions   " + ", ".join(f"{k} {v[k]}" for k in ("awp", "torch", "cuda", "h5py") if k in v))
     lines.append(f"saved      epochs {epoch_ranges(reader.epochs_saved())}")
     lines.append("")
     lines.append("# config")
-    lines.append(format_toml(reader.train_config()))
+    lines.append(format_toml(cfg))
     lines.append("")
     lines.append("# metrics")
     lines.extend(LEGEND)

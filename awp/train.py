@@ -1,4 +1,4 @@
-"""The training loop: AT and AT-AWP (Algorithm 2), per-epoch metrics, one atomic run-file commit per epoch.
+"""The training loop: a registered method, with or without AWP (Algorithm 2), per-epoch metrics, one atomic run-file commit per epoch.
 
 Every epoch's randomness (shuffle order, PGD random starts, evaluation starts, augmentation) comes from
 generators seeded by (seed, epoch, stream), so a run resumed from its last finished epoch computes
@@ -84,8 +84,10 @@ def train_step(
     awp: AWPConfig | None = None,
     awp_params: Params | None = None,
     bn_clean: str = "reference",
+    method_params: Mapping[str, Any] | None = None,
 ) -> StepResult:
-    """One SGD step of `method` on (x [B, C, H, W], y [B]); with `awp`, Algorithm 2 lines 4-15.
+    """One SGD step of `method` with its parameters `method_params` (defaults for those not given) on
+    (x [B, C, H, W], y [B]); with `awp`, Algorithm 2 lines 4-15.
 
     The model is in train mode; attacks run in train mode like the reference AT code, so BatchNorm
     running statistics follow the K1 PGD batches and the training batch x'. `bn_clean` (`CLEAN_PASSES`)
@@ -94,10 +96,11 @@ def train_step(
     pass); "frozen", at w before the step with the running statistics restored afterwards.
     """
     cp = clean_pass(bn_clean)
+    loss_fn = method.bind(method_params or {})
     nat_correct = 0 if cp.after_step else _natural_correct(model, x, y, cp.updates_bn)
     if awp is None:
         x_adv = method.adversary(model, x, y, attack, generator)  # Eq. 9 at w
-        out = method.loss(model, x, x_adv, y)
+        out = loss_fn(model, x, x_adv, y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
     else:
@@ -107,9 +110,9 @@ def train_step(
             for _ in range(awp.alternations):  # line 4: A alternations
                 x_adv = method.adversary(model, x, y, attack, generator)  # lines 5-10, Eq. 9 against w + v
                 v = find_perturbation(  # lines 11-13, Eq. 10 with Pi_gamma of Eq. 15
-                    model, params, w, v, lambda: method.loss(model, x, x_adv, y).loss, awp
+                    model, params, w, v, lambda: loss_fn(model, x, x_adv, y).loss, awp
                 )
-            out = method.loss(model, x, x_adv, y)  # line 15: the loss at w + v ...
+            out = loss_fn(model, x, x_adv, y)  # line 15: the loss at w + v ...
             opt.zero_grad(set_to_none=True)
             out.loss.backward()  # ... and its gradient, taken at w + v
     # Eq. 11: w <- (w + v) - eta3 * grad - v = w - eta3 * grad, applied at the exactly restored w. (The
@@ -148,10 +151,10 @@ class EpochResult:
     stopped: bool = False  # Ctrl-C: the epoch was abandoned after a complete step
 
 
-def awp_active(cfg: TrainConfig, method: Method, epoch: int) -> bool:
-    """AWP runs for AWP methods after `awp_warmup` epochs, and not at all when gamma = 0 (then the run
-    is plain AT, bit for bit)."""
-    return method.uses_awp and cfg.awp.gamma > 0 and epoch > cfg.awp_warmup
+def awp_active(cfg: TrainConfig, epoch: int) -> bool:
+    """AWP runs when the config switches it on, after `awp_warmup` epochs, and not at all when gamma = 0
+    (then the run is its method without AWP, bit for bit)."""
+    return cfg.use_awp and cfg.awp.gamma > 0 and epoch > cfg.awp_warmup
 
 
 def train_epoch(
@@ -168,7 +171,7 @@ def train_epoch(
     torch.manual_seed(epoch_seed(cfg.seed, epoch, GLOBAL))  # augmentation and anything else global
     shuffle = epoch_generator(cfg.seed, epoch, SHUFFLE)
     attack_gen = epoch_generator(cfg.seed, epoch, ATTACK)
-    use_awp = awp_active(cfg, method, epoch)
+    use_awp = awp_active(cfg, epoch)
     params = perturbable_params(model, cfg.awp.include_1d) if use_awp else None
     spec = ScheduleSpec(cfg.lr, cfg.epochs, cfg.lr_milestones)
     steps = math.ceil(len(data.train) / cfg.batch_size)
@@ -182,7 +185,7 @@ def train_epoch(
         for group in opt.param_groups:
             group["lr"] = lr
         r = train_step(model, opt, method, x, y, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
-                       bn_clean=cfg.bn_clean)
+                       bn_clean=cfg.bn_clean, method_params=cfg.method_params)
         if not math.isfinite(r.loss_sum):
             return EpochResult(lr, math.nan, math.nan, math.nan, use_awp, time.perf_counter() - t0, bad_step=it + 1)
         total = total.add(r)

@@ -2,6 +2,8 @@
 
 Options have flat names (the CLI's, with underscores: `eps`, `train_steps`, `gamma`, ...); the
 threat model and AWP's knobs live in nested `AttackConfig` / `AWPConfig`, as the paper groups them.
+The method and AWP are independent: `method` names a registry entry, `method_params` its declared
+parameters, `awp` switches Algorithm 2 on; the label "at-awp" reads as method "at" with awp = true.
 The resolved config is printed at start (as TOML, so it can be reused with `--config`) and stored in
 the run file; resuming under a config that differs names the differing options.
 """
@@ -20,7 +22,7 @@ from awp.config import check_seed, parse_fraction
 from awp.data import dataset_info
 from awp.errors import UserError
 from awp.registry import Registry
-from awp.methods import get_method
+from awp.methods import AWP_SUFFIX, get_method, method_label, split_label
 from awp.perturb import AWPConfig
 from awp.schedules import check_milestones, get_schedule
 
@@ -60,7 +62,7 @@ def clean_pass(name: str) -> CleanPass:
 
 # Values a run file written before an option existed was trained with (not today's defaults), so that
 # resuming it, or a demo reusing it, sees the difference instead of silently switching behaviour.
-LEGACY_VALUES: dict[str, Any] = {"bn_clean": "frozen"}
+LEGACY_VALUES: dict[str, Any] = {"bn_clean": "frozen", "method_params": {}}  # AT, the only method then, takes none
 LEGACY_ATTACK_VALUES: dict[str, Any] = {"l2_start": "ball"}
 
 
@@ -73,12 +75,14 @@ class TrainConfig:
     data_dir: str = "data"
     arch: str = "preactresnet18"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    method: str = "at"
+    method: str = "at"  # METHODS name; AWP is `use_awp`, not part of it
+    method_params: dict[str, Any] = field(default_factory=dict)  # the method's declared Params, all filled in
     attack: AttackConfig = AttackConfig()  # training threat model: norm, eps, eta1, K1 (Eq. 9)
     eval_steps: int = 20  # PGD-20 test attack (Section 4.4)
     eval_step_size: float = 2 / 255
+    use_awp: bool = False  # Algorithm 2 around every step of the method (flat option and flag: awp)
     awp: AWPConfig = AWPConfig()  # gamma, K2, eta2, A (Algorithm 2)
-    awp_warmup: int = 0  # epochs of plain AT before AWP starts
+    awp_warmup: int = 0  # epochs of the method without AWP before AWP starts
     bn_clean: str = "reference"  # CLEAN_PASSES: the clean train-mode forward after each step, as the reference
     epochs: int = 200
     batch_size: int = 128
@@ -98,6 +102,11 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0: torch's default (tiny models on busy CPUs want 1)
 
     @property
+    def label(self) -> str:
+        """What names the run in file names and legends: 'at', or 'at-awp' with AWP on."""
+        return method_label(self.method, self.use_awp)
+
+    @property
     def eval_attack(self) -> AttackConfig:
         """The per-epoch evaluation attack: the training threat model with `eval_steps` steps."""
         return replace(self.attack, steps=self.eval_steps, step_size=self.eval_step_size)
@@ -114,6 +123,10 @@ class TrainConfig:
         a config stored by an earlier version lacks take `LEGACY_VALUES`, what that version did."""
         try:
             d = {**LEGACY_VALUES, **d}
+            if "use_awp" not in d and isinstance(d.get("method"), str):
+                # Written when AWP was a method of its own: method "at-awp" is AT with AWP on.
+                d["use_awp"] = d["method"].endswith(AWP_SUFFIX)
+                d["method"] = d["method"].removesuffix(AWP_SUFFIX)
             d["attack"] = AttackConfig(**{**LEGACY_ATTACK_VALUES, **d["attack"]})
             d["awp"] = AWPConfig(**d["awp"])
             d["lr_milestones"] = tuple(d["lr_milestones"])
@@ -139,12 +152,14 @@ NESTED: dict[str, tuple[str, str]] = {
     "awp_alternations": ("awp", "alternations"),
     "awp_include_1d": ("awp", "include_1d"),
 }
+# Top-level fields under another flat name: `awp` is AWPConfig's section, so the switch is `use_awp`.
+RENAMED: dict[str, str] = {"awp": "use_awp"}
 
 # How each flat option is parsed: a registry of small parsers, not an if-chain.
 _STR, _INT, _FRAC, _BOOL, _DICT, _FLOATS = "str", "int", "fraction", "bool", "dict", "floats"
 KINDS: dict[str, str] = {
-    "dataset": _STR, "data_dir": _STR, "arch": _STR, "arch_kwargs": _DICT, "method": _STR,
-    "norm": _STR, "eps": _FRAC, "train_steps": _INT, "train_step_size": _FRAC, "l2_start": _STR,
+    "dataset": _STR, "data_dir": _STR, "arch": _STR, "arch_kwargs": _DICT, "method": _STR, "method_params": _DICT,
+    "awp": _BOOL, "norm": _STR, "eps": _FRAC, "train_steps": _INT, "train_step_size": _FRAC, "l2_start": _STR,
     "eval_steps": _INT, "eval_step_size": _FRAC,
     "gamma": _FRAC, "awp_steps": _INT, "awp_step_size": _FRAC, "awp_alternations": _INT,
     "awp_include_1d": _BOOL, "awp_warmup": _INT, "bn_clean": _STR,
@@ -190,14 +205,19 @@ def _parse_bool(name: str, v: Any) -> bool:
     raise UserError(f"{flag(name)} must be true or false, got {v!r}")
 
 
+# What each JSON-object option looks like, for its error message.
+_DICT_EXAMPLES = {"arch_kwargs": '{"widths": [16, 32, 32]}', "method_params": '{"NAME": VALUE}'}
+
+
 def _parse_dict(name: str, v: Any) -> dict[str, Any]:
+    example = _DICT_EXAMPLES[name]
     if isinstance(v, str):
         try:
             v = json.loads(v) if v.strip() else {}
         except json.JSONDecodeError:
-            raise UserError(f"{flag(name)} must be a JSON object like '{{\"widths\": [16, 32, 32]}}', got {v!r}") from None
+            raise UserError(f"{flag(name)} must be a JSON object like '{example}', got {v!r}") from None
     if not isinstance(v, dict):
-        raise UserError(f"{flag(name)} must be a table/JSON object like '{{\"widths\": [16, 32, 32]}}', got {v!r}")
+        raise UserError(f"{flag(name)} must be a table/JSON object like '{example}', got {v!r}")
     return dict(v)
 
 
@@ -253,6 +273,13 @@ def _lookup(fn: Callable[[str], Any]) -> Check:
     return lambda name, v: fn(v)
 
 
+def _method_name(name: str, v: str) -> None:
+    """A registered method; a label like 'at-awp' in a config built by hand would drop its AWP silently."""
+    method, awp = split_label(v)
+    if awp:
+        raise UserError(f"{name} {v!r} is a label, not a method: give method {method!r} and use_awp=True")
+
+
 def _milestones(name: str, v: tuple[float, ...]) -> None:
     try:
         check_milestones(v)
@@ -271,7 +298,7 @@ def _fraction(name: str, v: float) -> None:
 _NONNEG, _POSITIVE = _at_least(0), _at_least(1)
 CHECKS: dict[str, Check] = {
     **{name: _fraction for name, kind in KINDS.items() if kind == _FRAC},
-    "dataset": _lookup(dataset_info), "method": _lookup(get_method), "lr_schedule": _lookup(get_schedule),
+    "dataset": _lookup(dataset_info), "method": _method_name, "lr_schedule": _lookup(get_schedule),
     "norm": _lookup(threat_model), "l2_start": _lookup(l2_start_radius), "bn_clean": _lookup(clean_pass),
     "lr_milestones": _milestones, "momentum": _unit_interval, "val_split": _unit_interval,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "awp_steps": _POSITIVE,
@@ -288,6 +315,30 @@ def check_options(flat: Mapping[str, Any]) -> None:
             check(flag(name), flat[name])
 
 
+def resolve_method_params(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """`method`'s declared parameters, `given` checked against them and the others at their defaults;
+    an unknown name or a bad value is one line naming --method-params."""
+    try:
+        return get_method(method).resolve_params(given)
+    except UserError as e:
+        raise UserError(f"{flag('method_params')}: {e}") from None
+
+
+def expand_label(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Parsed flat options of one source (file or flags) with a method label 'NAME-awp' read as method
+    NAME and awp = true, as --method at-awp meant before AWP became a switch; with awp = false it
+    contradicts itself."""
+    out = dict(flat)
+    if out.get("method") is None:
+        return out
+    out["method"], awp = split_label(out["method"])
+    if awp:
+        if out.get("awp") is False:
+            raise UserError(f"--method {flat['method']} is --method {out['method']} --awp, which --no-awp contradicts; give one")
+        out["awp"] = True
+    return out
+
+
 def to_flat(cfg: TrainConfig) -> dict[str, Any]:
     """Flat option name -> value."""
     out: dict[str, Any] = {}
@@ -296,23 +347,25 @@ def to_flat(cfg: TrainConfig) -> dict[str, Any]:
             section, attr = NESTED[name]
             out[name] = getattr(getattr(cfg, section), attr)
         else:
-            out[name] = getattr(cfg, name)
+            out[name] = getattr(cfg, RENAMED.get(name, name))
     return out
 
 
 def from_flat(flat: Mapping[str, Any]) -> TrainConfig:
-    """Build (and validate) a `TrainConfig` from flat options; missing ones keep the class defaults."""
+    """Build (and validate) a `TrainConfig` from flat options; missing ones keep the class defaults, and
+    the method's parameters not given take the method's defaults."""
     top = {f.name for f in fields(TrainConfig)}
     kw: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {"attack": {}, "awp": {}}
-    parsed = {name: parse_option(name, value) for name, value in flat.items()}
+    parsed = expand_label({name: parse_option(name, value) for name, value in flat.items()})
     check_options(parsed)  # before the nested configs, whose own checks know only their field names
     for name, value in parsed.items():
         if name in NESTED:
             section, attr = NESTED[name]
             nested[section][attr] = value
-        elif name in top:
-            kw[name] = value
+        elif RENAMED.get(name, name) in top:
+            kw[RENAMED.get(name, name)] = value
+    kw["method_params"] = resolve_method_params(kw.get("method", TrainConfig.method), kw.get("method_params") or {})
     kw["attack"] = AttackConfig(**nested["attack"])
     kw["awp"] = AWPConfig(**nested["awp"])
     cfg = TrainConfig(**kw)
@@ -321,8 +374,10 @@ def from_flat(flat: Mapping[str, Any]) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Every per-option check of `CHECKS` on a built config (one built by hand skipped `from_flat`)."""
+    """Every per-option check of `CHECKS` on a built config (one built by hand skipped `from_flat`), and
+    its `method_params` against the method's declared parameters."""
     check_options(to_flat(cfg))
+    resolve_method_params(cfg.method, cfg.method_params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,9 +470,11 @@ def resolve_config(
 ) -> TrainConfig:
     """Defaults (or, when resuming, the `stored` run's config) < TOML file < command-line `flags`.
     `flags` maps flat option names to values, None meaning "not given"."""
-    user = load_toml(config_file) if config_file else {}
-    user.update({k: v for k, v in flags.items() if v is not None})
-    user = {k: parse_option(k, v) for k, v in user.items()}
+    def source(raw: Mapping[str, Any]) -> dict[str, Any]:
+        return expand_label({k: parse_option(k, v) for k, v in raw.items() if v is not None})
+
+    # Each source's 'at-awp' expands on its own, so a flag's --no-awp overrides the file's "at-awp".
+    user = {**source(load_toml(config_file) if config_file else {}), **source(flags)}
     if stored is not None:
         return from_flat({**to_flat(TrainConfig.from_dict(stored)), **user})
     dataset = user.get("dataset", "digits")

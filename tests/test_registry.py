@@ -37,14 +37,18 @@ def test_choices_are_a_str_enum_of_the_names():
 def test_every_named_choice_is_a_registry():
     from awp.attacks import L2_STARTS, NORMS
     from awp.data import DATASETS
-    from awp.methods import METHODS
+    from awp.methods import METHODS, method_labels
     from awp.models.registry import MODELS
     from awp.schedules import SCHEDULES
     from awp.trainconfig import CLEAN_PASSES
     from landscape.core.directions import NORMALIZATIONS
+    from landscape.core.directions import DIRECTIONS
     from landscape.core.engine import BN_MODES
+    from landscape.core.sharpness import SHARPNESS
 
-    for reg in (L2_STARTS, NORMS, DATASETS, METHODS, MODELS, SCHEDULES, CLEAN_PASSES, NORMALIZATIONS, BN_MODES):
-        assert isinstance(reg, Registry) and len(reg) >= 2, reg
+    assert method_labels() == ("at", "at-awp")  # AWP is an option of any method, not a second entry
+    for reg in (L2_STARTS, NORMS, DATASETS, METHODS, MODELS, SCHEDULES, CLEAN_PASSES, NORMALIZATIONS, BN_MODES,
+                DIRECTIONS, SHARPNESS):
+        assert isinstance(reg, Registry) and len(reg) >= (1 if reg is METHODS else 2), reg
         with pytest.raises(UserError, match="accepted: " + ", ".join(reg.names())):
             reg.lookup("no-such-name")

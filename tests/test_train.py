@@ -145,7 +145,7 @@ def _nan_after_four_steps() -> Method:
         calls["n"] += 1
         return LossOutput(out.loss * (float("nan") if calls["n"] > 4 else 1.0), out.logits_adv)
 
-    return Method("test-nan", pgd_ce_adversary, loss, uses_awp=False, summary="test only")
+    return Method("test-nan", pgd_ce_adversary, loss, summary="test only")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path):
@@ -182,7 +182,7 @@ def test_one_summary_line_per_epoch_and_best_last(finished):
     lines = r.stdout.splitlines()
     assert sum(line.startswith("epoch ") for line in lines) == KILL_EPOCHS
     assert any(line.startswith("best ") for line in lines) and any(line.startswith("last ") for line in lines)
-    assert 'method = "at-awp"' in r.stdout  # the resolved config is printed at start
+    assert 'method = "at"\n' in r.stdout and "awp = true\n" in r.stdout  # the resolved config is printed at start
 
 
 def test_resume_after_kill_is_bitwise_the_uninterrupted_run(finished, tmp_path):
@@ -233,7 +233,8 @@ def test_info_and_export(finished, tmp_path):
     r = run_cli("info", str(full))
     assert r.returncode == 0, r.stderr
     reader = open_run(full)
-    assert 'method = "at-awp"' in r.stdout and "test_adv" in r.stdout
+    assert "method     at-awp\n" in r.stdout and 'method = "at"\n' in r.stdout and "awp = true\n" in r.stdout
+    assert "test_adv" in r.stdout
     # Both training robustness measures, labelled: the paper's running one and the eval-mode one of the gap.
     header = next(line for line in r.stdout.splitlines() if line.split()[:1] == ["epoch"])
     assert {"fit_adv", "train_adv", "test_adv", "gap"} <= set(header.split())
@@ -248,7 +249,8 @@ def test_info_and_export(finished, tmp_path):
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["epoch"] == reader.best_epoch and ckpt["arch"] == "smallcnn" and ckpt["dataset"] == "digits"
     assert ckpt["arch_kwargs"] == {"widths": [4, 8, 8]} and ckpt["mean"] == [0.3] and ckpt["std"] == [0.4]
-    assert (ckpt["num_classes"], ckpt["in_channels"]) == (10, 1) and '"method": "at-awp"' in ckpt["config_json"]
+    assert (ckpt["num_classes"], ckpt["in_channels"]) == (10, 1)
+    assert '"method": "at"' in ckpt["config_json"] and '"use_awp": true' in ckpt["config_json"]
     from awp.models import create_model
 
     model = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["mean"], ckpt["std"], **ckpt["arch_kwargs"])

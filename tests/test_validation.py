@@ -25,13 +25,16 @@ from awp.evaluate import correct_per_example, evaluate, robust_correct
 from awp.models import create_model
 from awp.store import ResumeState, commit_epoch, create_run, open_run
 from awp.trainconfig import CHECKS, KINDS, TrainConfig, flag, load_toml, parse_option, resolve_config, validate
-from landscape import coords, engine, metrics
-from landscape.analysis import GapConfig
-from landscape.checkpoints import open_source
-from landscape.grid import GridSpec, parse_grid
-from landscape.options import LandscapeOptions
-from landscape.plot_2d import save_surface_png, surface_z
-from landscape.results import CheckpointId, ProbeResults
+from landscape.core import coords
+from landscape.core import engine
+from landscape.core import sharpness as metrics
+from landscape.commands.analysis import GapConfig
+from landscape.storage.sources import open_source
+from landscape.core.grid import GridSpec, parse_grid
+from landscape.commands.options import LandscapeOptions
+from landscape.figures.plane import save_surface_png, surface_z
+from landscape.storage.results import CheckpointId, Grid, Landscape, check_size
+from landscape.core.directions import random_specs
 
 WIDTHS = [4, 8, 8]
 MODEL = {"arch": "smallcnn", "arch_kwargs": {"widths": WIDTHS}, "dataset": "digits", "num_classes": 10,
@@ -202,6 +205,7 @@ def test_one_non_finite_example_makes_the_set_accuracy_nan():
     ("awp_include_1d", [1]), ("awp_include_1d", "maybe"),
     ("lr_milestones", 5), ("lr_milestones", True), ("lr_milestones", [True]), ("lr_milestones", {"a": 0.5}),
     ("arch_kwargs", [1]), ("arch_kwargs", "[1, 2]"), ("arch_kwargs", "{bad"), ("arch_kwargs", 3),
+    ("method_params", [1]), ("method_params", "[1]"), ("method_params", "{bad"), ("awp", "maybe"), ("awp", [1]),
 ])
 def test_wrongly_typed_options_name_the_flag(name, value):
     with pytest.raises(UserError) as e:
@@ -355,9 +359,10 @@ def test_huge_grids_alphas_and_dirs_are_refused_before_allocating():
     one_line(e, "--alphas", "1,000,000,000 points")
     ck = [CheckpointId("x.h5", 1, "0" * 64, "epoch 1")]
     with pytest.raises(UserError) as e:
-        ProbeResults(alphas=np.linspace(-1, 1, 41), seed=0, dirs=10**9, checkpoints=ck, config={})
-    one_line(e, "--dirs 1000000000", "41,000,000,000 points", "memory")
-    assert ProbeResults(alphas=np.linspace(-1, 1, 5), seed=0, dirs=2, checkpoints=ck, config={}).values["adv_loss"].shape == (1, 2, 5)
+        check_size(1, ("--dirs", "--alphas"), (10**9, 41))
+    one_line(e, "1000000000 --dirs", "41,000,000,000 points", "memory")
+    fits = Landscape(Grid.curves(np.linspace(-1, 1, 5), 2), random_specs(2, 0), ck)
+    assert fits.values["adv_loss"].shape == (1, 2, 5)
 
 
 def test_a_model_too_large_for_memory_is_refused_without_building_it():
@@ -549,10 +554,10 @@ def test_forged_model_json_asking_for_a_huge_model(run_file, tmp_path):
 
 
 def test_load_weights_lives_in_awp_and_landscape_reexports_it():
-    import landscape.checkpoints
+    import landscape.storage.sources
     from awp.models import loading
 
-    assert landscape.checkpoints.load_weights is loading.load_weights
+    assert landscape.storage.sources.load_weights is loading.load_weights
 
 
 class Custom:

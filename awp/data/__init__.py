@@ -1,4 +1,5 @@
-"""Datasets by name: the embedded UCI digits (default, no download) and torchvision's CIFAR-10/100 and SVHN.
+"""Datasets by name: the embedded UCI digits (default, no download) and torchvision's CIFAR-10/100 and SVHN;
+and the user's own files, `npz:PATH` and `folder:PATH` (`awp.data.files`).
 
 Every dataset yields images in [0, 1], NCHW float32, so every eps is in pixel space; the per-dataset
 mean/std live in `DatasetInfo` and become the model's first layer (`awp.models.Normalize`).
@@ -28,11 +29,17 @@ class DatasetInfo:
     name: str
     num_classes: int
     in_channels: int
-    image_size: int
+    image_size: int  # the height, and the width unless `width` says otherwise
     mean: tuple[float, ...]
     std: tuple[float, ...]
     needs_download: bool
     augment: tuple[str, ...] = ()
+    width: int = 0  # set only for non-square images (file datasets); 0: square
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """[C, H, W] of one image."""
+        return (self.in_channels, self.image_size, self.width or self.image_size)
 
 
 @dataclass
@@ -62,18 +69,43 @@ def _register(info: DatasetInfo):
     return deco
 
 
+FILE_FORMS = "npz:PATH (arrays x, y or x_train, y_train, x_test, y_test), or folder:PATH (images in class folders)"
+
+
 def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
+def _entry(name: str) -> DatasetEntry:
+    if isinstance(name, str) and name in DATASETS:
+        return DATASETS[name]
+    raise UserError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}, {FILE_FORMS}")
+
+
+def resolve_dataset(name: str) -> str:
+    """The name to store in a config: `npz:PATH` / `folder:PATH` with PATH absolute, so a run file
+    reloads its data from any directory; a named dataset as given."""
+    from awp.data.files import resolve_name
+
+    return resolve_name(name)
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """The `DatasetInfo` of `name`; an unknown name is a `UserError` listing the known ones."""
-    return DATASETS.lookup(name).info
+    """The `DatasetInfo` of `name` (a file dataset's is computed from its files); an unknown name is a
+    `UserError` listing the accepted ones."""
+    from awp.data.files import file_dataset_info, is_file_dataset
+
+    return file_dataset_info(name) if is_file_dataset(name) else _entry(name).info
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", *, seed: int = 0) -> Splits:
-    """Load dataset `name` (train split augmented where the dataset calls for it)."""
-    return DATASETS.lookup(name).load(Path(data_dir), seed=seed)
+    """Load dataset `name` (train split augmented where the dataset calls for it); `data_dir` is where
+    named datasets live, a file dataset's PATH is its own (relative: from the current directory)."""
+    from awp.data.files import is_file_dataset, load_file_dataset
+
+    if is_file_dataset(name):
+        return load_file_dataset(name)
+    return _entry(name).load(Path(data_dir), seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Loading a state dict into a registry model strictly: a mismatch is one line naming the keys, not
-torch's multi-line `load_state_dict` traceback. Shared by run files (`awp.store`) and `.pt` checkpoints."""
+"""Loading a state dict into a model strictly (a registry model, an import spec's or a zoo model): a
+mismatch is one line naming the keys, not torch's multi-line `load_state_dict` traceback. Shared by run
+files (`awp.store`) and `.pt` checkpoints."""
 
 from __future__ import annotations
 

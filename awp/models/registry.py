@@ -1,13 +1,17 @@
 """Model registry: builders file themselves by name; `create_model` adds input normalization.
 
-Every model returned by `create_model` takes pixels in [0, 1]; its first layer normalizes,
-so attacks and weight perturbations never have to know about dataset statistics.
+Every model returned by `create_model` takes pixels in [0, 1]; a registry model's first layer
+normalizes, so attacks and weight perturbations never have to know about dataset statistics.
+Third-party packages add builders through the entry-point group `awp_landscape.models`
+(name = model name, value = a builder like ours); `MODULE:CALLABLE` and `robustbench:NAME`
+build models from outside the registry (`awp.models.external`), which normalize themselves.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+import importlib.metadata
+from collections.abc import Callable, Iterator, Sequence
+from enum import Enum
 from typing import Any
 
 import torch
@@ -15,11 +19,80 @@ from torch import nn
 
 from awp.config import check_allocation
 from awp.errors import UserError
+from awp.models.external import (
+    EXTERNAL_FORMS, ROBUSTBENCH_PREFIX, build_from_spec, build_robustbench, error_text, is_import_spec,
+    options_text,
+)
 from awp.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
 
-MODELS: Registry[ModelBuilder] = Registry("model")
+ENTRY_POINT_GROUP = "awp_landscape.models"
+
+
+def _describe(ep: importlib.metadata.EntryPoint) -> str:
+    """'entry point NAME = VALUE (group G, from DIST VERSION)', for one-line errors."""
+    dist = getattr(ep, "dist", None)
+    origin = f", from {dist.name} {dist.version}" if dist is not None else ""
+    return f"entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}{origin})"
+
+
+class ModelRegistry(Registry[ModelBuilder]):
+    """The built-in builders plus those of installed packages' entry points, found when a name is not
+    built in and when the names are listed, and imported only when looked up (a broken one fails alone)."""
+
+    def plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        """The `awp_landscape.models` entry points by name; a name taken twice is a one-line UserError."""
+        found: dict[str, importlib.metadata.EntryPoint] = {}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in self._entries:
+                raise UserError(f"{_describe(ep)} takes the name of a built-in model; the package must rename it")
+            if ep.name in found and found[ep.name].value != ep.value:
+                raise UserError(f"{_describe(ep)} and {_describe(found[ep.name])} claim one model name")
+            found[ep.name] = ep
+        return found
+
+    def _load(self, ep: importlib.metadata.EntryPoint) -> ModelBuilder:
+        try:
+            builder = ep.load()
+        except Exception as e:  # a third-party package's import failed, whatever it raised
+            raise UserError(f"{_describe(ep)} does not load: {error_text(e)}") from None
+        if not callable(builder):
+            raise UserError(f"{_describe(ep)} is a {type(builder).__name__}, not a model builder")
+        return builder
+
+    def lookup(self, name: str) -> ModelBuilder:
+        """The builder `name`, built in or from an entry point; unknown: one line listing the accepted ones."""
+        try:
+            return self[name]
+        except KeyError:
+            raise UserError(f"unknown {self.what} {name!r}; accepted: {', '.join(self.names())}, {EXTERNAL_FORMS}") from None
+
+    def names(self) -> tuple[str, ...]:
+        return (*self._entries, *sorted(self.plugins()))
+
+    def choices(self, enum_name: str) -> type[Enum]:
+        return Enum(enum_name, {n: n for n in self.names()}, type=str)  # type: ignore[return-value]
+
+    def __getitem__(self, name: str) -> ModelBuilder:
+        if name in self._entries:
+            return self._entries[name]
+        plugins = self.plugins()
+        if name in plugins:
+            return self._load(plugins[name])
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self.plugins()  # without importing a plugin
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+MODELS = ModelRegistry("model")
 
 
 def register_model(fn: ModelBuilder) -> ModelBuilder:
@@ -28,7 +101,7 @@ def register_model(fn: ModelBuilder) -> ModelBuilder:
 
 
 def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
+    """Names of every registered model (entry points included), sorted."""
     return sorted(MODELS)
 
 
@@ -107,7 +180,14 @@ def create_model(
     std: Sequence[float] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build registered model `name` behind a `Normalize(mean, std)` layer; inputs are pixels in [0, 1]."""
+    """Build registered model `name` behind a `Normalize(mean, std)` layer; inputs are pixels in [0, 1].
+    `MODULE:CALLABLE` is called with `kwargs` only, `robustbench:NAME` loads a zoo model (kwargs dataset,
+    threat_model, model_dir): both take pixels in [0, 1] and normalize themselves, so num_classes,
+    in_channels, mean and std are not applied (`external.check_model_output` checks a model fits the data)."""
+    if isinstance(name, str) and name.startswith(ROBUSTBENCH_PREFIX):
+        return build_robustbench(name, kwargs)
+    if isinstance(name, str) and is_import_spec(name):
+        return build_from_spec(name, kwargs)
     builder = MODELS.lookup(name)
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}")
@@ -121,27 +201,19 @@ def create_model(
     return NormalizedModel(normalize, net, arch=name)
 
 
-def _options(kwargs: dict[str, Any]) -> str:
-    """The model options as the user wrote them (--arch-kwargs JSON)."""
-    try:
-        return json.dumps(kwargs, sort_keys=True)
-    except (TypeError, ValueError):
-        return repr(kwargs)
-
-
 def _build(builder: ModelBuilder, name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> nn.Module:
     """Call a builder; options of the wrong type or value (a TypeError deep in torch) become one line."""
     try:
         return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except UserError as e:  # the builder's own check: say which option string it came from
-        raise UserError(f"--arch-kwargs {_options(kwargs)}: {e}") from None
+        raise UserError(f"--arch-kwargs {options_text(kwargs)}: {e}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
-        raise UserError(f"model {name!r} cannot be built with --arch-kwargs {_options(kwargs)}: {msg}") from None
+        raise UserError(f"model {name!r} cannot be built with --arch-kwargs {options_text(kwargs)}: {msg}") from None
 
 
 def check_model_size(model: nn.Module, name: str, kwargs: dict[str, Any], fraction: float = 0.5) -> None:
     """Refuse a model whose parameters and buffers alone take more than `fraction` of physical memory."""
     count = sum(t.numel() for t in model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    check_allocation(nbytes, f"model {name} with {_options(kwargs)} ({count:,} parameters)", fraction)
+    check_allocation(nbytes, f"model {name} with {options_text(kwargs)} ({count:,} parameters)", fraction)

@@ -16,6 +16,7 @@ from rich.console import Console
 from awp.config import check_positive_int, check_seed
 from awp.errors import UserError
 from awp.safeio import check_dir, check_output, provenance, same_file
+from awp.methods import method_label
 from awp.store import open_run
 from landscape.core.coords import parse_centred_range
 from landscape.commands.probe import ProbeConfig, check_outputs, run_probe
@@ -66,7 +67,7 @@ def proportion_se(p: np.ndarray | float, n: int) -> np.ndarray:
 
 def run_label(config: dict) -> str:
     """'at', 'at-awp (gamma=0.01)' ...: what distinguishes runs in legends."""
-    method = config.get("method", "?")
+    method = method_label(config.get("method", "?"), config.get("use_awp", False))
     gamma = config.get("awp", {}).get("gamma")
     return f"{method} (γ={gamma:g})" if "awp" in method and gamma is not None else method
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from awp.config import check_seed
 from awp.data import dataset_labels, stratified_split
 from awp.errors import Interrupted, UserError
-from awp.methods import METHODS
+from awp.methods import method_labels
 from awp.rundata import RunData, take
 from awp.safeio import check_dir, check_output, provenance, signed
 from awp.stopping import graceful_stop, stop_requested
@@ -72,7 +72,7 @@ class DemoConfig:
 
     def run_paths(self, seed: int) -> list[Path]:
         suffix = "-quick" if self.quick else ""
-        return [Path(self.runs_dir) / f"digits-{m}-seed{seed}{suffix}.h5" for m in METHODS]
+        return [Path(self.runs_dir) / f"digits-{m}-seed{seed}{suffix}.h5" for m in method_labels()]
 
     def all_runs(self) -> list[Path]:
         return [p for s in self.seeds for p in self.run_paths(s)]
@@ -99,7 +99,7 @@ def default_workers(seeds: tuple[int, ...], device: str) -> int:
 
     if resolve_device(device).type == "cuda":
         return 1
-    return max(1, min(usable_cpus(), len(seeds) * len(METHODS)))
+    return max(1, min(usable_cpus(), len(seeds) * len(method_labels())))
 
 
 def _train_one(cfg: DemoConfig, method: str, seed: int, path: Path, console: Console) -> None:
@@ -138,7 +138,7 @@ def _prepare_all(cfg: DemoConfig, console: Console) -> list[str]:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import active_children, get_context
 
-    jobs = [(m, s, str(p)) for s in cfg.seeds for m, p in zip(METHODS, cfg.run_paths(s))]
+    jobs = [(m, s, str(p)) for s in cfg.seeds for m, p in zip(method_labels(), cfg.run_paths(s))]
     if cfg.workers <= 1:
         for method, seed, path in jobs:
             console.rule(f"training {method}, seed {seed}")
@@ -315,7 +315,7 @@ def _fly_vs_fixed(a: RunAnalysis, gap_cfg: GapConfig, device: str) -> Claim:
 def seed_claims(analyses: list[RunAnalysis], gap_cfg: GapConfig, seed: int, device: str,
                 console: Console | None = None) -> list[Claim]:
     """The paper's findings, judged on one seed's runs: (1), (2a), (3), (4)."""
-    by = {a.curves.config["method"]: a for a in analyses}
+    by = {TrainConfig.from_dict(a.curves.config).label: a for a in analyses}
     at, awp = by.get("at"), by.get("at-awp")
     correct = Correctness(device)
     sharp = gap_cfg.sharpness
@@ -431,7 +431,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoOutcome:
     gap_cfg = cfg.gap_config(runs)
     analyses = analyse(gap_cfg, console if cfg.progress else None)
     sharp = gap_cfg.sharpness
-    n = len(METHODS)
+    n = len(method_labels())
     by_seed = {s: analyses[i * n:(i + 1) * n] for i, s in enumerate(cfg.seeds)}
     console.rule("measuring the claims")
     per_seed = {s: seed_claims(a, gap_cfg, s, cfg.device, console if cfg.progress else None) for s, a in by_seed.items()}
