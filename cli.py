@@ -469,6 +469,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Run the app; user mistakes become one `error: ...` line on stderr and exit status 2."""
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # --model mynets:Net finds mynets.py in the working directory, as `python -m` would
     try:
         rc = command.main(args=argv, prog_name="landscape", standalone_mode=False)
     except UserError as e:

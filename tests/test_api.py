@@ -133,3 +133,31 @@ def test_bad_values_name_the_parameter(data, call, needle):
     with pytest.raises(UserError) as e:
         call(TinyNet(), data)
     assert needle in str(e.value) and "\n" not in str(e.value) and "--" not in str(e.value).replace("[-", "")
+
+
+def test_cli_probes_a_users_own_model_given_as_module_callable(tmp_path, digits):
+    """`--model MODULE:CALLABLE` with `--model-kwargs`: a module in the working directory, its state dict
+    saved with torch.save, probed by the CLI; a state dict that does not fit is one line, no output."""
+    from conftest import run_cli
+
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\n"
+        "def make(width=4):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))\n")
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mynets
+        torch.save(mynets.make(6).state_dict(), tmp_path / "mine.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mynets", None)
+    args = ["probe", "mine.pt", "--model", "mynets:make", "--dataset", "digits", "--eps", "0.1", "--pgd", "1",
+            "--dirs", "1", "--alphas", "-1:1:3", "--samples", "20", "-q", "--device", "cpu"]
+    ok = run_cli(*args, "--model-kwargs", '{"width": 6}', cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    res = Landscape.load(tmp_path / "probe-mine.h5")
+    assert res.done.all() and res.config["arch"] == "mynets:make"
+    bad = run_cli(*args, "-o", "bad.h5", cwd=tmp_path)  # width 4 by default: the saved weights do not fit
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert "mine.pt" in bad.stderr and "shape" in bad.stderr and not (tmp_path / "bad.h5").exists()
