@@ -188,7 +188,7 @@ def check_output(
     inputs: Iterable[str | Path] = (),
     overwrite: bool = False,
     writes: str = "file",
-    resumes: str | None = None,
+    resumes: str | tuple[str, ...] | None = None,
     tag: str | None = None,
 ) -> Path:
     """Apply the output rule of this module to `path` before any compute; returns `path`.
@@ -207,7 +207,7 @@ def check_output(
     if fmt == RUN_FORMAT and writes != "run":
         raise UserError(f"{flag} {str(path)!r} is a training run file; it is never replaced by a {writes} "
                         f"(not even with --overwrite); choose another path")
-    if resumes is not None and fmt == resumes:
+    if resumes is not None and fmt in ((resumes,) if isinstance(resumes, str) else resumes):
         return path
     if overwrite:
         return path

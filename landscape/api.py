@@ -142,7 +142,7 @@ def landscape_model(
         bn_inputs = ([b.x for b in engine.fixed_batches(data if bn_data is None else bn_data, batch_size, natural, seed, device)]
                      if bn == "recalibrate" else [])
         results.runtime["examples"] = sum(len(b.y) for b in batches)
-        n = chunk or (len(grid.axis("alpha")) if grid.kind == "curves" else 4)
+        n = chunk or (len(grid.axis("alpha")) if grid.kind == "curves" else 4)  # about a direction per flush
         return Job([lambda d: model.to(d).eval()], batches, attack, bn, bn_inputs, fixed_adv, {}, n)
 
     path = Path(out) if out is not None else None

@@ -57,14 +57,115 @@ def trained_smallcnn(digits):
     return model
 
 
-def as_version_1(path) -> None:
-    """A probe results file as version 1 (before the standard errors) wrote it."""
+# ---------------------------------------------------------------------------------------------
+# Files of the older results formats, written here the way those versions wrote them (their
+# writers are gone from the library; its readers must still load them)
+# ---------------------------------------------------------------------------------------------
+
+LEGACY_VALUES = ("adv_loss", "nat_loss", "adv_acc", "nat_acc")
+LEGACY_SE = tuple(f"{v}_se" for v in LEGACY_VALUES)
+
+
+def _legacy_checkpoints(f, checkpoints) -> None:
     import h5py
+    import numpy as np
 
-    from landscape.storage.results import STANDARD_ERRORS
+    g = f.create_group("checkpoints")
+    strings = h5py.string_dtype()
+    g.create_dataset("source", data=[c.source for c in checkpoints], dtype=strings)
+    g.create_dataset("sha256", data=[c.sha256 for c in checkpoints], dtype=strings)
+    g.create_dataset("label", data=[c.label for c in checkpoints], dtype=strings)
+    g["epoch"] = np.array([np.nan if c.epoch is None else c.epoch for c in checkpoints], dtype=np.float64)
 
-    with h5py.File(path, "r+") as f:
-        for k in STANDARD_ERRORS:
-            del f[k]
-        del f["sharpness/rise_se"], f["sharpness/rise_se_per_direction"]
-        f.attrs["format_version"] = 1
+
+def write_legacy_probe(path, *, alphas, seed, checkpoints, config, values, done, version=1, runtime=None) -> None:
+    """A probe results file of format "awp-landscape-probe" as versions 1 and 2 wrote it: [C, D, A]
+    arrays, directions (seed, k), /seconds [C, D], a /sharpness group; version 1 without the `*_se`
+    arrays. `values` maps every field name (the `*_se` ones are only written for version 2)."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    from landscape.core import sharpness as metrics
+
+    alphas = np.asarray(alphas, dtype=np.float64)
+    done = np.asarray(done, dtype=bool)
+    c, dirs = done.shape[:2]
+    names = LEGACY_VALUES + (LEGACY_SE if version >= 2 else ())
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "awp-landscape-probe"
+        f.attrs["format_version"] = version
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        f.attrs["runtime"] = json.dumps(runtime or {"device": "cpu"}, sort_keys=True)
+        f.attrs["created"] = f.attrs["updated"] = "2025-01-01T00:00:00+0000"
+        f["alphas"] = alphas
+        f["directions/seed"] = np.full(dirs, seed, dtype=np.int64)
+        f["directions/index"] = np.arange(dirs, dtype=np.int64)
+        _legacy_checkpoints(f, checkpoints)
+        for name in names:
+            f[name] = np.asarray(values[name], dtype=np.float64)
+        f["done"] = done
+        f["seconds"] = np.where(done.all(axis=-1), 1.0, np.nan)
+        g = f.create_group("sharpness")
+        r = float(config.get("radius", metrics.default_radius(alphas)))
+        g.attrs["radius"], g.attrs["fit_radius"] = r, r / 2
+        adv = np.asarray(values["adv_loss"], dtype=np.float64)
+        summaries = [metrics.sharpness(alphas, adv[k], r) for k in range(c)]
+        g["rise"] = np.array([s.mean["rise"] for s in summaries])
+        g["curvature"] = np.array([s.mean["curvature"] for s in summaries])
+        if version >= 2:
+            g["rise_se"] = np.array([metrics.sharpness(alphas, adv[k], r, se=values["adv_loss_se"][k]).se["rise"]
+                                     for k in range(c)])
+
+
+def write_legacy_plane(path, *, alphas, betas, checkpoint, config, values, done, center, version=1) -> None:
+    """A plot2d results file of format "awp-landscape-2d" as versions 1 and 2 wrote it: [A, B] arrays,
+    the centre g(0, 0) apart under /center, one checkpoint in an attribute; version 1 without `*_se`."""
+    import json
+    from dataclasses import asdict
+
+    import h5py
+    import numpy as np
+
+    names = LEGACY_VALUES + (LEGACY_SE if version >= 2 else ())
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "awp-landscape-2d"
+        f.attrs["format_version"] = version
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        f.attrs["checkpoint"] = json.dumps(asdict(checkpoint), sort_keys=True)
+        f.attrs["runtime"] = json.dumps({"device": "cpu"})
+        f.attrs["dims"] = "alpha,beta"
+        f["alphas"] = np.asarray(alphas, dtype=np.float64)
+        f["betas"] = np.asarray(betas, dtype=np.float64)
+        f["directions/index"] = np.array([0, 1], dtype=np.int64)
+        f["directions/seed"] = np.full(2, config["seed"], dtype=np.int64)
+        for name in names:
+            f[name] = np.asarray(values[name], dtype=np.float64)
+            f[f"center/{name}"] = float(center[name])
+        f["done"] = np.asarray(done, dtype=bool)
+        f["relative"] = np.abs(np.asarray(values["adv_loss"]) - center["adv_loss"])
+
+
+def as_version_1(path) -> None:
+    """Rewrite a probe results file of this version (random directions of one seed) in place as a
+    version 1 probe file (format "awp-landscape-probe", before the standard errors) would hold it."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    from landscape.storage.results import CheckpointId
+
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "awp-landscape" and json.loads(f.attrs["dims"]) == ["direction", "alpha"]
+        specs = [json.loads(s) for s in f["directions/spec"].asstr()[()]]
+        assert all(s["kind"] == "random" and s["seed"] == specs[0]["seed"] for s in specs)
+        assert [s["index"] for s in specs] == list(range(len(specs)))
+        g = f["checkpoints"]
+        checkpoints = [CheckpointId(s, None if np.isnan(e) else int(e), h, lab) for s, e, h, lab in
+                       zip(g["source"].asstr()[()], g["epoch"][()], g["sha256"].asstr()[()], g["label"].asstr()[()])]
+        kw = dict(alphas=f["axes/alpha"][()], seed=int(specs[0]["seed"]), checkpoints=checkpoints,
+                  config=json.loads(f.attrs["config"]), runtime=json.loads(f.attrs["runtime"]),
+                  values={n: f[n][()] for n in LEGACY_VALUES}, done=f["done"][()])
+    write_legacy_probe(path, version=1, **kw)

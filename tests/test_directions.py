@@ -1,15 +1,17 @@
 """Random directions (Alg. 1 lines 2-7): filter normalization (Eq. 5), zeros on 1-D parameters (or
 d = w with include_1d, as Li et al.), regenerable from (seed, k) whatever the device, the draw order
-or the parameter order."""
+or the parameter order, and from the JSON spec a results file records."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from awp.errors import UserError
 from awp.models import create_model
-from landscape.core.directions import NORMALIZATIONS, random_direction
+from landscape.core.directions import DIRECTIONS, NORMALIZATIONS, build_direction, random_direction, random_specs
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,18 @@ def test_direction_k_depends_only_on_seed_k_and_name(params):
     raw = random_direction(params, seed=7, k=2, normalize="none")
     cos = torch.nn.functional.cosine_similarity(raw[w].flatten(), a[w].flatten(), dim=0)
     assert cos > 0.5
+
+
+def test_a_random_spec_rebuilds_direction_k(params):
+    """What a results file records of a random direction (its JSON spec) rebuilds it exactly."""
+    specs = random_specs(3, seed=7, normalize="layer", include_bn=True)
+    assert [s["index"] for s in specs] == [0, 1, 2] and all(DIRECTIONS.lookup(s["kind"]).regenerable for s in specs)
+    for k, spec in enumerate(specs):
+        d = build_direction(json.loads(json.dumps(spec)), params)
+        ref = random_direction(params, seed=7, k=k, normalize="layer", include_1d=True)
+        assert d.keys() == params.keys() and all(torch.equal(d[n], ref[n]) for n in params)
+    with pytest.raises(UserError, match="unknown --direction kind 'nope'"):
+        build_direction({"kind": "nope"}, params)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from awp.errors import UserError
-from landscape.core.sharpness import check_radius, curvature, default_radius, rise, sharpness, value_at
+from landscape.core.sharpness import SHARPNESS, check_radius, curvature, default_radius, rise, sharpness, value_at
 
 ALPHAS = np.linspace(-1, 1, 41)
 
@@ -20,16 +20,17 @@ def test_rise_and_curvature_of_quadratics():
     np.testing.assert_allclose(curvature(ALPHAS, curves, 0.25), 2 * c)
     s = sharpness(ALPHAS, curves)
     assert s.radius == 0.5 and s.fit_radius == 0.25 and s.n_dirs == 3
-    assert s.rise == pytest.approx(0.5) and s.rise_std == pytest.approx(0.25)  # std of 0.25, 0.5, 0.75
-    assert s.curvature == pytest.approx(4.0) and s.rho0 == pytest.approx(1.0)
+    assert s.mean["rise"] == pytest.approx(0.5) and s.std["rise"] == pytest.approx(0.25)  # std of 0.25, 0.5, 0.75
+    assert s.mean["curvature"] == pytest.approx(4.0) and s.rho0 == pytest.approx(1.0)
+    assert set(s.mean) == set(s.std) == set(s.se) == set(SHARPNESS)  # every registered measure, by name
 
 
 def test_directions_not_computed_are_left_out():
     curves = np.stack([1 + ALPHAS**2, np.full_like(ALPHAS, np.nan)])
     s = sharpness(ALPHAS, curves)
-    assert s.n_dirs == 1 and s.rise == pytest.approx(0.25) and np.isnan(s.rise_std)
+    assert s.n_dirs == 1 and s.mean["rise"] == pytest.approx(0.25) and np.isnan(s.std["rise"])
     empty = sharpness(ALPHAS, np.full((2, 41), np.nan))
-    assert empty.n_dirs == 0 and np.isnan(empty.rise) and np.isnan(empty.curvature)
+    assert empty.n_dirs == 0 and np.isnan(empty.mean["rise"]) and np.isnan(empty.mean["curvature"])
 
 
 def test_interpolation_off_the_grid_and_asymmetric_ranges():

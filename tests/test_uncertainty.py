@@ -1,7 +1,8 @@
 """Standard errors over examples of every landscape point: equal to the hand computation from
 per-example losses across uneven batches, exact across shards, NaN where undefined (n = 1, not
-computed), stored and reloaded (older files load without them but are not resumed), and drawn as
-+-1.96 SE bands in the probe PNG, the gap PNG and the HTML slider."""
+computed), stored and reloaded (older files, probe and plot2d, versions 1 and 2, load, version 1
+without them, but are not resumed), and drawn as +-1.96 SE bands in the probe PNG, the gap PNG and
+the HTML slider."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from matplotlib.collections import PolyCollection
 from awp.attacks import AttackConfig, cross_entropy, pgd
 from awp.data import class_stratified_subset
 from landscape.core import sharpness as metrics
-from landscape.core.directions import random_direction
-from landscape.core.engine import PointSums, evaluate_at, evaluate_point, fixed_batches, mean_se, perturbed, snapshot
-from landscape.storage.results import FIELDS, STANDARD_ERRORS, CheckpointId, ProbeResults, StaleResults
-from conftest import as_version_1
+from awp.weights import offset, snapshot
+from landscape.core.directions import random_direction, random_specs
+from landscape.core.engine import PointSums, evaluate_at, evaluate_point, fixed_batches, mean_se
+from landscape.storage.results import FIELDS, STANDARD_ERRORS, VALUES, CheckpointId, Grid, Landscape, StaleResults
+from conftest import write_legacy_plane, write_legacy_probe
 
 ATTACK = AttackConfig("linf", eps=0.2, step_size=0.05, steps=2)
 
@@ -40,11 +42,12 @@ def test_standard_errors_equal_the_hand_computation_over_uneven_batches(trained_
     model = trained_smallcnn
     batches = fixed_batches(data, 32, ATTACK, seed=0)  # 32 + 32 + 6: the batch size does not divide n = 70
     assert [len(b.y) for b in batches] == [32, 32, 6]
-    d = random_direction(snapshot(model), seed=0, k=0)
-    point = evaluate_at(model, [d], [0.3], batches, ATTACK).reduce()
+    params = dict(model.named_parameters())
+    d = random_direction(snapshot(params), seed=0, k=0)
+    point = evaluate_at(model, [(d, 0.3)], batches, ATTACK).reduce()
     assert set(point) == set(FIELDS)
     nat, adv, nat_ok, adv_ok = [], [], [], []
-    with perturbed(model, [d], [0.3]):  # the same weights, examples and starts, loss by loss
+    with offset(params, [(d, 0.3)]):  # the same weights, examples and starts, loss by loss
         for b in batches:
             x_adv = pgd(model, b.x, b.y, eps=ATTACK.eps, step_size=ATTACK.step_size, steps=ATTACK.steps,
                         delta0=b.delta0)
@@ -117,8 +120,13 @@ def test_rise_standard_error_on_and_between_grid_points():
     assert metrics.mean_rise_se(alphas, two, 0.5) == pytest.approx(expected)
     curves = np.vstack([alphas**2, alphas**2])
     s = metrics.sharpness(alphas, curves, 0.5, se=two)
-    assert s.rise_se == pytest.approx(expected) and s.rise == pytest.approx(0.25)
-    assert np.isnan(metrics.sharpness(alphas, curves, 0.5).rise_se)  # no standard errors given
+    assert s.se["rise"] == pytest.approx(expected) and s.mean["rise"] == pytest.approx(0.25)
+    assert np.isnan(s.se["curvature"])  # a measure without a standard error over examples
+    assert np.isnan(metrics.sharpness(alphas, curves, 0.5).se["rise"])  # no standard errors given
+    values, errors = metrics.per_direction(alphas, curves, 0.5, two)  # per curve, every measure
+    np.testing.assert_allclose(values["rise"], [0.25, 0.25])
+    np.testing.assert_allclose(errors["rise"], metrics.rise_se(alphas, two, 0.5))
+    assert np.isnan(errors["curvature"]).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,79 +134,125 @@ def test_rise_standard_error_on_and_between_grid_points():
 # ---------------------------------------------------------------------------------------------
 
 
-def _results(alphas=np.array([-1.0, -0.5, 0.0, 0.5, 1.0]), dirs=3, checkpoints=1) -> ProbeResults:
+ALPHAS = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+CONFIG = {"radius": 0.5, "attack": {"steps": 2, "norm": "linf", "eps": 0.2}, "arch": "smallcnn", "dataset": "digits",
+          "split": "train", "normalize": "filter", "bn": "eval"}
+
+
+def _results(alphas=ALPHAS, dirs=3, checkpoints=1) -> Landscape:
     ck = [CheckpointId(f"run{c}.h5", c + 1, "0" * 64, f"epoch {c + 1}") for c in range(checkpoints)]
-    return ProbeResults(alphas=alphas, seed=0, dirs=dirs, checkpoints=ck,
-                        config={"radius": 0.5, "fit_radius": 0.25, "attack": {"steps": 2, "norm": "linf", "eps": 0.2},
-                                "arch": "smallcnn", "dataset": "digits", "split": "train", "normalize": "filter",
-                                "bn": "eval"})
+    return Landscape(Grid.curves(alphas, dirs), random_specs(dirs, 0), ck, dict(CONFIG))
 
 
-def _fill(res: ProbeResults, c: int, k: int, scale: float = 1.0) -> None:
+def _point(a: float, k: int, scale: float = 1.0) -> dict[str, float]:
+    rho = 2.0 + (1 + 0.2 * k) * a**2  # the same at alpha = 0 for every direction: w itself
+    return {"adv_loss": rho, "nat_loss": rho - 0.5, "adv_acc": 0.3, "nat_acc": 0.6,
+            "adv_loss_se": scale * (0.02 + 0.03 * abs(a)), "nat_loss_se": 0.01, "adv_acc_se": 0.04, "nat_acc_se": 0.03}
+
+
+def _fill(res: Landscape, c: int, k: int, scale: float = 1.0) -> None:
+    """Direction k of checkpoint c: alpha = 0 as the origin (it fills every direction's cell there)."""
+    width = len(res.alphas)
     for i, a in enumerate(res.alphas):
-        rho = 2.0 + (1 + 0.2 * k) * a**2
-        res.set_point(c, k, i, {"adv_loss": rho, "nat_loss": rho - 0.5, "adv_acc": 0.3, "nat_acc": 0.6,
-                                "adv_loss_se": scale * (0.02 + 0.03 * abs(a)), "nat_loss_se": 0.01,
-                                "adv_acc_se": 0.04, "nat_acc_se": 0.03})
+        res.set_point(c, None if a == 0.0 else k * width + i, _point(a, k, scale))
 
 
 def test_standard_errors_are_stored_and_reloaded_nan_where_not_computed(tmp_path):
     res = _results()
     _fill(res, 0, 0)
     _fill(res, 0, 1)
-    res.set_point(0, 2, 0, {k: 1.0 for k in FIELDS})  # direction 2: one point only
+    res.set_point(0, 2 * 5 + 0, {k: 1.0 for k in FIELDS})  # direction 2: one point only (and the origin)
     path = tmp_path / "p.h5"
     res.save(path)
-    back = ProbeResults.load(path)
-    assert back.format_version == 2
+    back = Landscape.load(path)
+    assert back.format_version == 3 and back.grid.dims == ("direction", "alpha") and back.origin_done.all()
     for k in FIELDS:
         np.testing.assert_array_equal(back.values[k], res.values[k])
-    assert np.isnan(back.values["adv_loss_se"][0, 2, 1:]).all() and back.values["adv_loss_se"][0, 2, 0] == 1.0
+        np.testing.assert_array_equal(back.origin[k], res.origin[k])
+        assert (back.values[k][0, :, 2] == back.origin[k][0]).all()  # alpha = 0 is the origin, exactly
+    np.testing.assert_array_equal(back.done[0, 2], [True, False, True, False, False])
+    assert np.isnan(back.values["adv_loss_se"][0, 2, [1, 3, 4]]).all() and back.values["adv_loss_se"][0, 2, 0] == 1.0
     with h5py.File(path) as f:
-        assert f.attrs["format_version"] == 2
-        assert f["sharpness/rise_se"][0] == pytest.approx(back.sharpness()[0].rise_se) and f["sharpness/rise_se"][0] > 0
+        assert f.attrs["format"] == "awp-landscape" and f.attrs["format_version"] == 3
+        assert f["sharpness/rise_se"][0] == pytest.approx(back.sharpness()[0].se["rise"]) and f["sharpness/rise_se"][0] > 0
         np.testing.assert_allclose(f["sharpness/rise_se_per_direction"][0, :2],
                                    metrics.rise_se(res.alphas, res.values["adv_loss_se"][0, :2], 0.5))
+        np.testing.assert_array_equal(f["sharpness/rise_se_per_direction"][()], back.per_direction()[1]["rise"])
         assert np.isnan(f["sharpness/rise_se_per_direction"][0, 2])
+
+
+def _legacy_probe(res: Landscape, path: Path, version: int) -> None:
+    write_legacy_probe(path, alphas=res.alphas, seed=0, checkpoints=res.checkpoints,
+                       config={**res.config, "fit_radius": 0.25}, values=res.values, done=res.done, version=version)
 
 
 def test_a_version_1_file_loads_without_standard_errors_but_is_not_resumed(tmp_path):
     res = _results()
     _fill(res, 0, 0)
     path = tmp_path / "old.h5"
-    res.save(path)
-    as_version_1(path)
-    old = ProbeResults.load(path)
-    assert old.format_version == 1
+    _legacy_probe(res, path, version=1)
+    old = Landscape.load(path)
+    assert old.format_version == 1 and old.grid.kind == "curves" and old.dirs == 3
+    assert old.directions == random_specs(3, 0)  # rebuilt from the file's (seed, k)
+    np.testing.assert_array_equal(old.alphas, res.alphas)
+    np.testing.assert_array_equal(old.done, res.done)
     np.testing.assert_array_equal(old.values["adv_loss"], res.values["adv_loss"])
     assert all(np.isnan(old.values[k]).all() for k in STANDARD_ERRORS)
+    assert old.origin_done.all() and all(old.origin[k][0] == res.origin[k][0] for k in VALUES)  # its alpha = 0
+    assert all(np.isnan(old.origin[k]).all() for k in STANDARD_ERRORS)
+    s = old.sharpness()[0]
+    assert s.n_dirs == 1 and s.mean["rise"] == pytest.approx(0.25) and np.isnan(s.se["rise"])
     with pytest.raises(StaleResults) as e:  # a StaleResults: `landscape gap` recomputes its cache
         old.check_resumable(path)
     msg = str(e.value)
     assert "\n" not in msg and "format version 1" in msg and "--overwrite" in msg and "old.h5" in msg
     res.check_resumable(path)  # this version's own: fine
+    # Version 2 had the standard errors: they load, but the file is not resumed either.
+    _fill(res, 0, 2, scale=2.0)
+    _legacy_probe(res, tmp_path / "v2.h5", version=2)
+    v2 = Landscape.load(tmp_path / "v2.h5")
+    assert v2.format_version == 2
+    for k in FIELDS:
+        np.testing.assert_array_equal(v2.values[k], res.values[k])
+    assert v2.origin["adv_loss_se"][0] == res.origin["adv_loss_se"][0] == 0.04  # the first done direction's
+    assert v2.sharpness()[0].se["rise"] == pytest.approx(res.sharpness()[0].se["rise"])
+    with pytest.raises(StaleResults, match="format version 2.*--overwrite"):
+        v2.check_resumable(tmp_path / "v2.h5")
 
 
 def test_plane_results_store_standard_errors_and_refuse_an_old_file(tmp_path):
-    from landscape.commands.plot2d import FIELDS as PLANE_FIELDS, PlaneResults
-
-    res = PlaneResults(np.array([-1.0, 0.0, 1.0]), np.array([-1.0, 1.0]), {"seed": 0},
-                       CheckpointId("r.h5", 1, "0" * 64, "epoch 1"))
-    res.set_point(-1, {k: 0.5 for k in PLANE_FIELDS})
-    res.set_point(3, {k: float(i) for i, k in enumerate(PLANE_FIELDS)})
+    ident = CheckpointId("r.h5", 1, "0" * 64, "epoch 1")
+    res = Landscape(Grid.plane(np.array([-1.0, 0.0, 1.0]), np.array([-1.0, 1.0])), random_specs(2, 0), [ident],
+                    {"seed": 0})
+    res.set_point(0, None, {k: 0.5 for k in FIELDS})  # the origin g(0, 0): not on this grid
+    res.set_point(0, 3, {k: float(i) for i, k in enumerate(FIELDS)})  # flat 3 = (alpha 0, beta 1)
+    assert res.done.sum() == 1 and res.origin_done.all()
     path = tmp_path / "plane.h5"
     res.save(path)
-    back = PlaneResults.load(path)
-    assert back.values["adv_loss_se"][1, 1] == PLANE_FIELDS.index("adv_loss_se") and back.center["nat_acc_se"] == 0.5
-    assert np.isnan(back.values["adv_loss_se"][0, 0])
-    with h5py.File(path, "r+") as f:
-        for k in STANDARD_ERRORS:
-            del f[k], f[f"center/{k}"]
-        f.attrs["format_version"] = 1
-    old = PlaneResults.load(path)
-    assert np.isnan(old.values["adv_loss_se"]).all() and old.values["adv_loss"][1, 1] == 0.0
-    with pytest.raises(StaleResults, match="2-D results format version 1.*--overwrite"):
+    back = Landscape.load(path)
+    assert back.format_version == 3 and back.grid.kind == "plane" and back.values["adv_loss"].shape == (1, 3, 2)
+    assert back.values["adv_loss_se"][0, 1, 1] == FIELDS.index("adv_loss_se") and back.origin["nat_acc_se"][0] == 0.5
+    assert np.isnan(back.values["adv_loss_se"][0, 0, 0])
+    assert back.relative()[0, 1, 1] == abs(0.0 - 0.5) and np.isnan(back.relative()[0, 0, 0])
+    with h5py.File(path) as f:
+        assert f["origin/nat_acc_se"][0] == 0.5 and f["origin/done"][0] and "center" not in f
+    legacy = dict(alphas=res.grid.axis("alpha"), betas=res.grid.axis("beta"), checkpoint=ident, config={"seed": 0},
+                  values={k: v[0] for k, v in res.values.items()}, done=res.done[0],
+                  center={k: v[0] for k, v in res.origin.items()})
+    write_legacy_plane(path, version=1, **legacy)
+    old = Landscape.load(path)
+    assert old.format_version == 1 and old.grid.kind == "plane" and old.checkpoints == [ident]
+    assert np.isnan(old.values["adv_loss_se"]).all() and old.values["adv_loss"][0, 1, 1] == 0.0
+    assert all(np.isnan(old.origin[k]).all() for k in STANDARD_ERRORS) and old.origin["adv_loss"][0] == 0.5
+    np.testing.assert_array_equal(old.done, res.done)
+    with pytest.raises(StaleResults, match="format version 1.*--overwrite"):
         old.check_resumable(path)
+    write_legacy_plane(path, version=2, **legacy)
+    v2 = Landscape.load(path)
+    assert v2.format_version == 2 and v2.values["adv_loss_se"][0, 1, 1] == FIELDS.index("adv_loss_se")
+    assert v2.origin["nat_acc_se"][0] == 0.5 and v2.origin_done.all()
+    with pytest.raises(StaleResults, match="format version 2.*--overwrite"):
+        v2.check_resumable(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +299,7 @@ def test_probe_png_draws_the_bands(tmp_path):
     plt.close(fig)
 
 
-def _analysis(res: ProbeResults):
+def _analysis(res: Landscape):
     from landscape.commands.analysis import RunAnalysis, RunCurves
 
     epochs = np.array([1, 2])

@@ -18,7 +18,7 @@ from landscape.commands.options import LandscapeOptions, job_for, recorded_optio
 from landscape.core.directions import random_specs
 from landscape.core.grid import GridSpec, parse_grid, parse_range
 from landscape.pipeline.run import Outcome, Plan, execute
-from landscape.storage.results import FORMAT, Grid, Landscape
+from landscape.storage.results import FORMAT, LEGACY_PLANE, Grid, Landscape
 from landscape.storage.sources import open_source
 
 
@@ -50,7 +50,7 @@ def plan(cfg: Plot2DConfig) -> Plan:
     spec = cfg.spec()
     out = Path(cfg.out) if cfg.out else Path(f"plot2d-{Path(cfg.checkpoint).stem}.h5")
     ckpt = Path(cfg.checkpoint)
-    check_output(out, "-o", inputs=[ckpt], overwrite=cfg.overwrite, writes="landscape results file", resumes=FORMAT)
+    check_output(out, "-o", inputs=[ckpt], overwrite=cfg.overwrite, writes="landscape results file", resumes=(FORMAT, LEGACY_PLANE))
     tag = provenance("plot2d", [out], out.parent)
     for fig in figure_paths(out):
         check_output(fig, "-o (figures beside it)", inputs=[ckpt], overwrite=cfg.overwrite, writes="figure", tag=tag)

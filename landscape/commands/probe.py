@@ -25,7 +25,7 @@ from landscape.core import coords
 from landscape.core import sharpness as sharp
 from landscape.core.directions import DIRECTIONS, random_specs
 from landscape.pipeline.run import Outcome, Plan, execute
-from landscape.storage.results import FORMAT, Grid, Landscape, check_size
+from landscape.storage.results import FORMAT, LEGACY_PROBE, Grid, Landscape, check_size
 from landscape.storage.sources import Source, open_source
 
 # Keys that change only how the numbers are shown, not the numbers: a resumed probe may change them.
@@ -75,7 +75,7 @@ def check_outputs(cfg: ProbeConfig) -> tuple[Path, Path, str]:
     be written (the output rule of `awp.safeio`); returns both paths and the PNG's provenance tag."""
     out, png = output_paths(cfg)
     ckpt = Path(cfg.checkpoint)
-    check_output(out, "-o", inputs=[ckpt], overwrite=cfg.overwrite, writes="landscape results file", resumes=FORMAT)
+    check_output(out, "-o", inputs=[ckpt], overwrite=cfg.overwrite, writes="landscape results file", resumes=(FORMAT, LEGACY_PROBE))
     tag = provenance("probe", [out], png.parent)
     if same_file(png, out):
         raise UserError(f"--png {str(png)!r} is the results file itself; choose another path")

@@ -129,8 +129,3 @@ def compute(results: Landscape, job: Job, ctx: dist.DistContext, *, flush: Calla
     finally:
         current.close()
     return stored, False
-
-
-def chunk_for(results: Landscape) -> int:
-    """A default chunk: one alpha axis per rank for 1-D curves (a flush per direction, as before), else 4."""
-    return len(results.alphas) if results.grid.kind == "curves" else 4
