@@ -25,12 +25,12 @@ from awp.evaluate import correct_per_example, evaluate, robust_correct
 from awp.models import create_model
 from awp.store import ResumeState, commit_epoch, create_run, open_run
 from awp.trainconfig import CHECKS, KINDS, TrainConfig, flag, load_toml, parse_option, resolve_config, validate
-from landscape.core import coords
+from landscape.core import axes
 from landscape.core import engine
 from landscape.core import sharpness as metrics
 from landscape.commands.analysis import GapConfig
 from landscape.storage.sources import open_source
-from landscape.core.grid import GridSpec, parse_grid
+from landscape.core.axes import GridSpec, parse_grid
 from landscape.commands.options import LandscapeOptions
 from landscape.figures.plane import save_surface_png, surface_z
 from landscape.storage.results import CheckpointId, Grid, Landscape, check_size
@@ -111,23 +111,23 @@ def test_surface_png_draws_only_computed_cells(tmp_path, monkeypatch):
 
 def test_alpha_grid_without_zero_is_refused():
     with pytest.raises(UserError) as e:
-        coords.parse_centred_range("-1:1:4", "--alphas")
+        axes.parse_centred_range("-1:1:4", "--alphas")
     one_line(e, "--alphas", "'-1:1:4'", "-1:1:5")
     with pytest.raises(UserError) as e:
-        coords.parse_centred_range("-0.5:1:5", "--alphas")
+        axes.parse_centred_range("-0.5:1:5", "--alphas")
     one_line(e, "--alphas", "alpha = 0")
 
 
 @pytest.mark.parametrize("text,needle", [("0:1:5", "MIN < 0 < MAX"), ("-1:1:2", "at least 3"), ("1:-1:5", "reversed")])
 def test_centred_range_rejects(text, needle):
     with pytest.raises(UserError) as e:
-        coords.parse_centred_range(text, "--alphas")
+        axes.parse_centred_range(text, "--alphas")
     one_line(e, "--alphas", needle)
 
 
 @pytest.mark.parametrize("text", ["-1:1:5", "-1:1:41", "-1:2:4", "-0.5:0.5:11"])
 def test_centred_range_holds_exactly_zero(text):
-    v = coords.parse_centred_range(text, "--alphas")
+    v = axes.parse_centred_range(text, "--alphas")
     assert (v == 0.0).sum() == 1 and v[0] < 0 < v[-1]
 
 
@@ -355,7 +355,7 @@ def test_huge_grids_alphas_and_dirs_are_refused_before_allocating():
         GridSpec(100000, 100000, (-1, 1), (-1, 1))
     one_line(e, "--grid 100000x100000", "10,000,000,000 points", "memory")
     with pytest.raises(UserError) as e:
-        coords.parse_range("-1:1:1000000000", "--alphas")
+        axes.parse_range("-1:1:1000000000", "--alphas")
     one_line(e, "--alphas", "1,000,000,000 points")
     ck = [CheckpointId("x.h5", 1, "0" * 64, "epoch 1")]
     with pytest.raises(UserError) as e:

@@ -18,7 +18,7 @@ from awp.errors import UserError
 from awp.safeio import check_dir, check_output, provenance, same_file
 from awp.methods import method_label
 from awp.store import open_run
-from landscape.core.coords import parse_centred_range
+from landscape.core.axes import parse_centred_range
 from landscape.commands.probe import ProbeConfig, check_outputs, run_probe
 from landscape.core.sharpness import SHARPNESS
 from landscape.storage.results import Landscape, StaleResults

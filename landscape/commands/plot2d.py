@@ -16,7 +16,7 @@ from awp.errors import UserError
 from awp.safeio import check_output, provenance, signed
 from landscape.commands.options import LandscapeOptions, job_for, recorded_options, resolve_attack
 from landscape.core.directions import random_specs
-from landscape.core.grid import GridSpec, parse_grid, parse_range
+from landscape.core.axes import GridSpec, parse_grid, parse_ranges
 from landscape.pipeline.run import Outcome, Plan, execute
 from landscape.storage.results import FORMAT, LEGACY_PLANE, Grid, Landscape
 from landscape.storage.sources import open_source
@@ -35,7 +35,7 @@ class Plot2DConfig(LandscapeOptions):
 
     def spec(self) -> GridSpec:
         na, nb = parse_grid(self.grid)
-        ar, br = parse_range(self.range)
+        ar, br = parse_ranges(self.range)
         return GridSpec(na, nb, ar, br)
 
 

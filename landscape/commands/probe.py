@@ -21,7 +21,7 @@ from awp.config import check_positive_int
 from awp.errors import UserError
 from awp.safeio import check_output, provenance, same_file, signed
 from landscape.commands.options import LandscapeOptions, job_for, recorded_options, resolve_attack
-from landscape.core import coords
+from landscape.core import axes
 from landscape.core import sharpness as sharp
 from landscape.core.directions import DIRECTIONS, random_specs
 from landscape.pipeline.run import Outcome, Plan, execute
@@ -47,7 +47,7 @@ class ProbeConfig(LandscapeOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        alphas = coords.parse_centred_range(self.alphas, "--alphas")  # MIN < 0 < MAX, 0 itself on the grid
+        alphas = axes.parse_centred_range(self.alphas, "--alphas")  # MIN < 0 < MAX, 0 itself on the grid
         if len(alphas) < sharp.MIN_FIT_POINTS:
             raise UserError(f"--alphas {self.alphas!r} has {len(alphas)} points; the curvature fit needs at least "
                             f"{sharp.MIN_FIT_POINTS}")
@@ -100,7 +100,7 @@ def directions_for(cfg: ProbeConfig, source: Source) -> tuple[list[dict[str, Any
 def plan(cfg: ProbeConfig) -> Plan:
     """Everything checked and resolved, nothing computed: what `execute` runs."""
     out, png, tag = check_outputs(cfg)
-    alphas = coords.parse_centred_range(cfg.alphas, "--alphas")
+    alphas = axes.parse_centred_range(cfg.alphas, "--alphas")
     source = open_source(cfg.checkpoint, cfg.epochs, cfg.arch, cfg.dataset, cfg.data_dir, arch_kwargs=cfg.arch_kwargs)
     attack = resolve_attack(cfg, source.train_attack, str(source.path))
     check_size(len(source.checkpoints), ("--dirs", "--alphas"), (cfg.dirs, len(alphas)))  # before any allocation

@@ -19,7 +19,7 @@ from awp.safeio import exclusive, signed
 from awp.stopping import graceful_stop
 from landscape.pipeline import dist
 from landscape.pipeline.compute import Job, compute
-from landscape.storage.results import Landscape, StaleResults, refuse_if_stale
+from landscape.storage.results import Landscape, refuse_if_stale
 
 
 @dataclass
@@ -53,8 +53,6 @@ def open_or_resume(out: Path | None, fresh: Landscape, overwrite: bool = False, 
         return fresh
     try:
         old = Landscape.load(out)
-    except StaleResults:
-        raise
     except UserError:
         raise UserError(f"{str(out)!r} exists and is not a landscape results file; choose another -o or pass --overwrite") from None
     old.check_resumable(out)

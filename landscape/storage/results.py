@@ -46,7 +46,7 @@ from awp.config import check_allocation
 from awp.errors import UserError
 from awp.store import transaction
 from landscape.core import sharpness as sharp
-from landscape.core.directions import DIRECTIONS, random_specs
+from landscape.core.directions import random_specs
 
 FORMAT = "awp-landscape"
 FORMAT_VERSION = 3  # 3: one format for 1-D and 2-D; 2: standard errors; 1: the first probe/plane files
@@ -475,9 +475,3 @@ def _read_legacy_plane(f: h5py.File) -> Landscape:
     specs = random_specs(2, int(config.get("seed", 0)), config.get("normalize", "filter"), bool(config.get("include_bn", False)))
     return Landscape(grid, specs, [ident], config, json.loads(f.attrs.get("runtime", "{}")), values, done, origin,
                      np.isfinite(origin["adv_loss"]), format_version=version)
-
-
-def check_specs(specs: list[Mapping[str, Any]]) -> None:
-    """Every direction spec names a registered kind (one-line `UserError` otherwise)."""
-    for s in specs:
-        DIRECTIONS.lookup(str(s.get("kind")))
