@@ -27,7 +27,7 @@ from awp.config import resolve_device
 from awp.errors import UserError
 from landscape.core import engine
 from landscape.core import sharpness as sharp
-from landscape.core.directions import DIRECTIONS, normalization, random_specs
+from landscape.core.directions import DIRECTIONS, NORMALIZATIONS, random_specs
 from landscape.pipeline.compute import Job
 from landscape.pipeline.run import Plan, execute
 from landscape.storage.results import CheckpointId, Grid, Landscape, check_size, weights_sha256
@@ -115,11 +115,8 @@ def landscape_model(
     _check(seed, "seed", isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63, "an int in [0, 2**63)")
     _check(batch_size, "batch_size", isinstance(batch_size, int) and batch_size >= 1, "an int >= 1")
     _check(chunk, "chunk", chunk is None or (isinstance(chunk, int) and chunk >= 1), "None or an int >= 1")
-    try:
-        normalization(normalize)
-        engine.bn_mode(bn)
-    except UserError as e:
-        raise UserError(f"{'normalize' if normalize not in engine.BN_MODES else 'bn'}: {e}") from None
+    _check(normalize, "normalize", normalize in NORMALIZATIONS, f"one of {', '.join(NORMALIZATIONS)}")
+    _check(bn, "bn", bn in engine.BN_MODES, f"one of {', '.join(engine.BN_MODES)}")
     check_size(1, grid.dims, grid.shape)
     specs, stored = _specs(directions, grid.n_directions, seed, normalize, include_bn)
     if len(specs) != grid.n_directions:
@@ -138,9 +135,7 @@ def landscape_model(
 
     def job(results: Landscape, device: torch.device) -> Job:
         batches = engine.fixed_batches(data, batch_size, attack, seed, device)
-        natural = AttackConfig(attack.norm, attack.eps, attack.step_size, steps=0)
-        bn_inputs = ([b.x for b in engine.fixed_batches(data if bn_data is None else bn_data, batch_size, natural, seed, device)]
-                     if bn == "recalibrate" else [])
+        bn_inputs = engine.clean_inputs(data if bn_data is None else bn_data, batch_size, device) if bn == "recalibrate" else []
         results.runtime["examples"] = sum(len(b.y) for b in batches)
         n = chunk or (len(grid.axis("alpha")) if grid.kind == "curves" else 4)  # about a direction per flush
         return Job([lambda d: model.to(d).eval()], batches, attack, bn, bn_inputs, fixed_adv, {}, n)

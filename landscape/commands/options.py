@@ -108,8 +108,7 @@ def probe_data(cfg: LandscapeOptions, source: Any, attack: AttackConfig, device:
     bn_inputs: list[torch.Tensor] = []
     if cfg.bn == "recalibrate":
         calib = class_stratified_subset(train_ds, cfg.bn_batches * cfg.batch_size, cfg.seed + 1)
-        natural = AttackConfig(attack.norm, attack.eps, attack.step_size, steps=0)
-        bn_inputs = [b.x for b in engine.fixed_batches(calib, cfg.batch_size, natural, cfg.seed, device)]
+        bn_inputs = engine.clean_inputs(calib, cfg.batch_size, device)
     return batches, bn_inputs, len(ds)
 
 

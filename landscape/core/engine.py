@@ -66,8 +66,15 @@ Data = Any  # a Dataset of (x, y), a DataLoader, or any iterable of (x [B, C, H,
 
 
 def _iterate(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, y) batches of `data` on the CPU, in its order: a map-style Dataset is batched here, a
-    DataLoader or any other iterable is taken batch by batch as it comes."""
+    """(x float, y long) batches of `data` on the CPU, in its order, inputs checked to lie in [0, 1]."""
+    for i, (x, y) in enumerate(_raw(data, batch_size)):
+        x = x.float()
+        _check_pixels(x, i)
+        yield x, y
+
+
+def _raw(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """A map-style Dataset batched here; a DataLoader or any other iterable taken batch by batch as it comes."""
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         yield from iter_batches(data, batch_size)
         return
@@ -100,9 +107,7 @@ def fixed_batches(
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
-    for i, (x, y) in enumerate(_iterate(data, batch_size)):
-        x = x.float()
-        _check_pixels(x, i)
+    for x, y in _iterate(data, batch_size):
         if attack_active(attack) and attack.random_start:
             delta0 = random_start(x, attack.eps, attack.norm, gen, l2_start=attack.l2_start)  # Alg. 1 line 10
         else:
@@ -113,15 +118,26 @@ def fixed_batches(
     return place(out, device)
 
 
-def place(batches: list[ProbeBatch], device: torch.device | str) -> list[ProbeBatch]:
-    """The batches on `device` if they take at most half its free memory (always on the CPU)."""
+def clean_inputs(data: Data, batch_size: int, device: torch.device | str = "cpu") -> list[Tensor]:
+    """The inputs of `data` in fixed batches, no labels or starts: what BN recalibration runs over."""
+    xs = [x for x, _ in _iterate(data, batch_size)]
+    if not xs:
+        raise UserError("the BN recalibration data set is empty")
     device = torch.device(device)
-    if device.type == "cuda":
-        need = sum(b.x.nbytes + b.y.nbytes + b.delta0.nbytes for b in batches)
-        free, _ = torch.cuda.mem_get_info(device)
-        if need > free / 2:
-            return [ProbeBatch(b.x.pin_memory(), b.y.pin_memory(), b.delta0.pin_memory()) for b in batches]
-    return [ProbeBatch(b.x.to(device), b.y.to(device), b.delta0.to(device)) for b in batches]
+    return [x.to(device) for x in xs] if _fits(sum(x.nbytes for x in xs), device) else [x.pin_memory() for x in xs]
+
+
+def _fits(nbytes: int, device: torch.device) -> bool:
+    """Whether `nbytes` may live on `device`: at most half its free memory on CUDA, always elsewhere."""
+    return device.type != "cuda" or nbytes <= torch.cuda.mem_get_info(device)[0] / 2
+
+
+def place(batches: list[ProbeBatch], device: torch.device | str) -> list[ProbeBatch]:
+    """The batches on `device` if they fit (`_fits`), else pinned on the CPU, moved batch by batch."""
+    device = torch.device(device)
+    if _fits(sum(b.x.nbytes + b.y.nbytes + b.delta0.nbytes for b in batches), device):
+        return [ProbeBatch(b.x.to(device), b.y.to(device), b.delta0.to(device)) for b in batches]
+    return [ProbeBatch(b.x.pin_memory(), b.y.pin_memory(), b.delta0.pin_memory()) for b in batches]
 
 
 def _on(b: ProbeBatch, device: torch.device) -> ProbeBatch:
