@@ -50,6 +50,7 @@ class _Current:
         self.results, self.job, self.device = results, job, device
         self.c: int | None = None
         self.stack = contextlib.ExitStack()
+        self.targets: dict[str, dict[str, Tensor]] = {}  # interpolation targets' weights, shared by checkpoints
 
     def close(self) -> None:
         self.stack.close()
@@ -72,10 +73,13 @@ class _Current:
         return self
 
     def _target(self, ident: Mapping) -> dict[str, Tensor]:
-        build = self.job.targets.get(str(ident.get("sha256")))
-        if build is None:
-            raise KeyError(f"no weights for the interpolation target {ident.get('label')}")
-        return {n: p.detach().cpu() for n, p in build(torch.device("cpu")).named_parameters()}
+        sha = str(ident.get("sha256"))
+        if sha not in self.targets:
+            build = self.job.targets.get(sha)
+            if build is None:
+                raise KeyError(f"no weights for the interpolation target {ident.get('label')}")
+            self.targets[sha] = {n: p.detach().cpu() for n, p in build(torch.device("cpu")).named_parameters()}
+        return self.targets[sha]
 
     def direction(self, k: int) -> dict[str, Tensor]:
         if k not in self.dirs:

@@ -258,12 +258,13 @@ class Landscape:
     def pending(self) -> list[tuple[int, int | None]]:
         """Work left, in order: (c, None) for checkpoint c's origin, then (c, flat) for its grid points
         not done and not at the origin (those are filled from it)."""
-        origin = set(self.grid.at_origin().tolist())
+        todo = ~self.done.reshape(len(self.checkpoints), -1)
+        todo[:, self.grid.at_origin()] = False  # filled from the origin
         out: list[tuple[int, int | None]] = []
         for c in range(len(self.checkpoints)):
             if not self.origin_done[c]:
                 out.append((c, None))
-            out.extend((c, int(f)) for f in np.flatnonzero(~self.done[c].reshape(-1)) if int(f) not in origin)
+            out.extend((c, int(f)) for f in np.flatnonzero(todo[c]))
         return out
 
     def set_point(self, c: int, flat: int | None, point: Mapping[str, float]) -> None:
