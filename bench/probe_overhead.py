@@ -31,7 +31,11 @@ from awp.config import resolve_device  # noqa: E402
 from awp.data import class_stratified_subset, load_dataset  # noqa: E402
 from awp.models import create_model  # noqa: E402
 from landscape.core import engine  # noqa: E402
-from landscape.core.directions import random_direction  # noqa: E402
+from landscape.core.directions import random_specs  # noqa: E402
+from landscape.core.engine import model_device  # noqa: E402
+from landscape.pipeline.compute import Job, compute  # noqa: E402
+from landscape.pipeline.dist import DistContext  # noqa: E402
+from landscape.storage.results import CheckpointId, Grid, Landscape  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -55,8 +59,11 @@ def bare_points(model, batches, attack, n_points: int, natural: bool) -> float:
     return total
 
 
-def engine_points(model, direction, alphas, batches, attack) -> float:
-    return sum(s.adv_loss for _, s in engine.sweep(model, [direction], alphas[:, None], batches, attack))
+def engine_points(model, alphas, batches, attack) -> float:
+    """The pipeline's compute loop on one direction of these alphas (alpha = 0 is the origin, once)."""
+    res = Landscape(Grid.curves(alphas, 1), random_specs(1, seed=0), [CheckpointId("<bench>", None, "", "bench")])
+    compute(res, Job([lambda device: model], batches, attack, chunk=len(alphas)), DistContext(device=model_device(model)))
+    return float(np.nansum(res.values["adv_loss"]))
 
 
 def timed(fn, device) -> float:
@@ -92,17 +99,16 @@ def main() -> None:
     data = class_stratified_subset(splits.train_eval, a.samples, seed=0)
     batches = engine.fixed_batches(data, a.batch_size, attack, seed=0, device=device)
     alphas = np.linspace(-1, 1, a.points)
-    d = random_direction({n: p.detach().cpu() for n, p in model.named_parameters()}, seed=0, k=0)
 
     runs = {
         "bare: PGD + loss pass (Alg. 1 only)": lambda: bare_points(model, batches, attack, len(alphas), False),
         "bare: the engine's passes": lambda: bare_points(model, batches, attack, len(alphas), True),
-        "engine": lambda: engine_points(model, d, alphas, batches, attack),
+        "engine": lambda: engine_points(model, alphas, batches, attack),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     with engine.frozen(model):  # as run_probe does: every variant sees the same model
         bare_points(model, batches[:1], attack, 1, True)  # warm-up (allocator, kernels)
-        engine_points(model, d, alphas[:2], batches[:1], attack)
+        engine_points(model, np.array([-1.0, 0.0, 1.0]), batches[:1], attack)
         for _ in range(a.repeats):  # interleaved, so drifting machine load hits all alike
             for name, fn in runs.items():
                 times[name].append(timed(fn, device))
