@@ -24,6 +24,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     )
 
 
+def one_line(excinfo: pytest.ExceptionInfo, *needles: str) -> str:
+    """The UserError's message: one line holding every needle."""
+    msg = str(excinfo.value)
+    assert "\n" not in msg, msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg
+
+
 @pytest.fixture(scope="session")
 def digits():
     from awp.data import load_dataset

@@ -18,15 +18,7 @@ from awp.errors import UserError
 from awp.models import ZooInfo, check_model_output, create_model, list_models, load_robustbench, load_weights, robustbench_info
 from awp.models.registry import ENTRY_POINT_GROUP, MODELS, NormalizedModel
 from awp.rundata import run_data
-
-
-def one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:
-    """The error is one line and names every needle."""
-    msg = str(exc.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
+from conftest import one_line
 
 
 class TinyNet(nn.Module):

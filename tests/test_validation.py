@@ -35,19 +35,11 @@ from landscape.commands.options import LandscapeOptions
 from landscape.figures.plane import save_surface_png, surface_z
 from landscape.storage.results import CheckpointId, Grid, Landscape, check_size
 from landscape.core.directions import random_specs
+from conftest import one_line
 
 WIDTHS = [4, 8, 8]
 MODEL = {"arch": "smallcnn", "arch_kwargs": {"widths": WIDTHS}, "dataset": "digits", "num_classes": 10,
          "in_channels": 1, "mean": [0.3], "std": [0.4], "image_size": 8}
-
-
-def one_line(excinfo: pytest.ExceptionInfo, *needles: str) -> str:
-    """The UserError's message: one line holding every needle."""
-    msg = str(excinfo.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
 
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
