@@ -262,22 +262,52 @@ def _kwargs_json(text: Optional[str]) -> Optional[dict]:
     return value
 
 
-def _options(ckpt: Path, epoch: str, model: Optional[str], model_kwargs: Optional[str], dataset: Optional[str],
-             data_dir: Path, split: Split, samples: int, batch_size: int, normalize: DirectionNorm, include_bn: bool,
-             seed: int, bn: BNMode, bn_batches: int, pgd: int, eps: Optional[str], pgd_step: Optional[str],
-             norm: Optional[Norm], chunk: Optional[int], workers: int, device: str, out: Optional[Path],
-             overwrite: bool, quiet: bool) -> dict:
+def _landscape_flags(
+    epoch: EpochOpt = "last", model: ModelOpt = None, model_kwargs: ModelKwargsOpt = None, dataset: DatasetOpt = None,
+    data_dir: LDataDirOpt = Path("data"), split: SplitOpt = Split.train, samples: SamplesOpt = 0, batch_size: BatchOpt = 256,
+    normalize: NormalizeOpt = DirectionNorm.filter, include_bn: IncludeBnOpt = False, seed: SeedOpt = 0,
+    bn: BnOpt = BNMode.eval, bn_batches: BnBatchesOpt = 8, pgd: PgdOpt = 10, eps: EpsOpt = None,
+    pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, workers: WorkersOpt = 1,
+    oversubscribe: OversubOpt = False, device: LDeviceOpt = "auto", out: OutOpt = None,
+    overwrite: ResumeOverwriteOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """The flags every landscape command shares, declared once: `with_landscape_flags` adds them."""
+
+
+def with_landscape_flags(command):
+    """Give a landscape command the flags of `_landscape_flags` besides its own; it receives them, as
+    parsed by typer, in one dict `flags` (turned into `LandscapeOptions` fields by `_options`)."""
+    import functools
+    import inspect
+
+    shared = inspect.signature(_landscape_flags, eval_str=True).parameters
+    own = inspect.signature(command, eval_str=True)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**{k: v for k, v in kwargs.items() if k not in shared},
+                       flags={k: v for k, v in kwargs.items() if k in shared})
+
+    params = [p for p in own.parameters.values() if p.name != "flags"] + list(shared.values())
+    wrapper.__signature__ = own.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _options(ckpt: Path, flags: dict) -> dict:
     """The `LandscapeOptions` fields every landscape command shares, from its parsed flags."""
     from awp.config import parse_fraction
 
+    f = flags
     return dict(
-        checkpoint=str(ckpt), epochs=epoch, arch=model, arch_kwargs=_kwargs_json(model_kwargs), dataset=dataset,
-        data_dir=str(data_dir), split=split.value, samples=samples, batch_size=batch_size, normalize=normalize.value,
-        include_bn=include_bn, seed=seed, bn=bn.value, bn_batches=bn_batches, steps=pgd,
-        eps=parse_fraction(eps, "--eps") if eps is not None else None,
-        step_size=parse_fraction(pgd_step, "--pgd-step") if pgd_step is not None else None,
-        norm=norm.value if norm else None, chunk=chunk, workers=workers, device=device,
-        out=str(out) if out else None, overwrite=overwrite, progress=not quiet,
+        checkpoint=str(ckpt), epochs=f["epoch"], arch=f["model"], arch_kwargs=_kwargs_json(f["model_kwargs"]),
+        dataset=f["dataset"], data_dir=str(f["data_dir"]), split=f["split"].value, samples=f["samples"],
+        batch_size=f["batch_size"], normalize=f["normalize"].value, include_bn=f["include_bn"], seed=f["seed"],
+        bn=f["bn"].value, bn_batches=f["bn_batches"], steps=f["pgd"],
+        eps=parse_fraction(f["eps"], "--eps") if f["eps"] is not None else None,
+        step_size=parse_fraction(f["pgd_step"], "--pgd-step") if f["pgd_step"] is not None else None,
+        norm=f["norm"].value if f["norm"] else None, chunk=f["chunk"], workers=f["workers"], device=f["device"],
+        out=str(f["out"]) if f["out"] else None, overwrite=f["overwrite"], progress=not f["quiet"],
     )
 
 
@@ -314,6 +344,7 @@ def _compute_or_redraw(ckpt: Optional[Path], from_results: Optional[Path]) -> bo
 
 
 @app.command()
+@with_landscape_flags
 def probe(
     ckpt: CkptArg = None,
     from_results: FromOpt = None,
@@ -324,13 +355,7 @@ def probe(
     radius: Annotated[Optional[str], typer.Option("--radius", help="|alpha| of the sharpness measures (default: half the range).", rich_help_panel=_PL)] = None,
     fixed_adv: Annotated[bool, typer.Option("--fixed-adv", help="Ablation: examples made once at w, reused at every point.", rich_help_panel=_PA)] = False,
     png: Annotated[Optional[Path], typer.Option("--png", help="Figure; default beside the results file (HTML beside it).", rich_help_panel=_PO)] = None,
-    epoch: EpochOpt = "last", model: ModelOpt = None, model_kwargs: ModelKwargsOpt = None, dataset: DatasetOpt = None,
-    data_dir: LDataDirOpt = Path("data"), split: SplitOpt = Split.train, samples: SamplesOpt = 0, batch_size: BatchOpt = 256,
-    normalize: NormalizeOpt = DirectionNorm.filter, include_bn: IncludeBnOpt = False, seed: SeedOpt = 0,
-    bn: BnOpt = BNMode.eval, bn_batches: BnBatchesOpt = 8, pgd: PgdOpt = 10, eps: EpsOpt = None,
-    pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, workers: WorkersOpt = 1,
-    oversubscribe: OversubOpt = False, device: LDeviceOpt = "auto", out: OutOpt = None,
-    overwrite: ResumeOverwriteOpt = False, quiet: QuietOpt = False,
+    *, flags: dict,
 ) -> None:
     """The 1-D weight loss landscape rho(w + alpha d) with PGD on the fly, along repeated directions, with sharpness."""
     from awp.config import parse_fraction
@@ -338,40 +363,29 @@ def probe(
 
     r = parse_fraction(radius, "--radius") if radius is not None else None
     if not _compute_or_redraw(ckpt, from_results):
-        rerender(from_results, str(png) if png else None, r, overwrite=overwrite)
+        rerender(from_results, str(png) if png else None, r, overwrite=flags["overwrite"])
         return
-    shared = _options(ckpt, epoch, model, model_kwargs, dataset, data_dir, split, samples, batch_size, normalize,
-                      include_bn, seed, bn, bn_batches, pgd, eps, pgd_step, norm, chunk, workers, device, out,
-                      overwrite, quiet)
-    cfg = ProbeConfig(**shared, alphas=alphas, dirs=dirs, direction=direction.value, to=to, fixed_adv=fixed_adv,
-                      radius=r, png=str(png) if png else None)
-    _run_landscape(cfg, plan, run_probe, oversubscribe)
+    cfg = ProbeConfig(**_options(ckpt, flags), alphas=alphas, dirs=dirs, direction=direction.value, to=to,
+                      fixed_adv=fixed_adv, radius=r, png=str(png) if png else None)
+    _run_landscape(cfg, plan, run_probe, flags["oversubscribe"])
 
 
 @app.command()
+@with_landscape_flags
 def plot2d(
     ckpt: CkptArg = None,
     from_results: FromOpt = None,
     grid: Annotated[str, typer.Option("--grid", help="Points along alpha x beta, e.g. 21x21 or 31x11.", rich_help_panel=_PL)] = "21x21",
     span: Annotated[str, typer.Option("--range", help="AMIN:AMAX,BMIN:BMAX (one span: both axes).", rich_help_panel=_PL)] = "-1:1,-1:1",
-    epoch: EpochOpt = "last", model: ModelOpt = None, model_kwargs: ModelKwargsOpt = None, dataset: DatasetOpt = None,
-    data_dir: LDataDirOpt = Path("data"), split: SplitOpt = Split.train, samples: SamplesOpt = 0, batch_size: BatchOpt = 256,
-    normalize: NormalizeOpt = DirectionNorm.filter, include_bn: IncludeBnOpt = False, seed: SeedOpt = 0,
-    bn: BnOpt = BNMode.eval, bn_batches: BnBatchesOpt = 8, pgd: PgdOpt = 10, eps: EpsOpt = None,
-    pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, workers: WorkersOpt = 1,
-    oversubscribe: OversubOpt = False, device: LDeviceOpt = "auto", out: OutOpt = None,
-    overwrite: ResumeOverwriteOpt = False, quiet: QuietOpt = False,
+    *, flags: dict,
 ) -> None:
     """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready."""
     from landscape.commands.plot2d import Plot2DConfig, plan, rerender, run_plot2d
 
     if not _compute_or_redraw(ckpt, from_results):
-        rerender(from_results, overwrite=overwrite)
+        rerender(from_results, overwrite=flags["overwrite"])
         return
-    shared = _options(ckpt, epoch, model, model_kwargs, dataset, data_dir, split, samples, batch_size, normalize,
-                      include_bn, seed, bn, bn_batches, pgd, eps, pgd_step, norm, chunk, workers, device, out,
-                      overwrite, quiet)
-    _run_landscape(Plot2DConfig(**shared, grid=grid, range=span), plan, run_plot2d, oversubscribe)
+    _run_landscape(Plot2DConfig(**_options(ckpt, flags), grid=grid, range=span), plan, run_plot2d, flags["oversubscribe"])
 
 
 # ---- gap / report
