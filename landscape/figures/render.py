@@ -3,9 +3,12 @@ interactive offline HTML (what `Landscape.plot` / `.html` and the commands call)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from awp.errors import UserError
+from awp.registry import Registry
 from landscape.figures.output import save_plotly_html
 from landscape.storage.results import Landscape
 
@@ -18,36 +21,62 @@ def _plane_title(results: Landscape) -> str:
             f"g(0,0)={results.origin['adv_loss'][0]:.3f}")
 
 
+def _curves_png(results: Landscape, path: Path) -> list[Path]:
+    from landscape.figures.curves import save_probe_png
+
+    save_probe_png(results, path)
+    return [path]
+
+
+def _plane_png(results: Landscape, path: Path) -> list[Path]:
+    from landscape.figures.plane import save_contour_png, save_surface_png
+
+    a, b, rel = results.grid.axis("alpha"), results.grid.axis("beta"), results.relative()[0]
+    paths = [path.with_name(path.stem + "-contour.png"), path.with_name(path.stem + "-surface.png")]
+    save_contour_png(a, b, rel, paths[0], _plane_title(results))
+    save_surface_png(a, b, rel, paths[1], _plane_title(results))
+    return paths
+
+
+def _curves_html(results: Landscape):
+    from landscape.figures.curves import html_figure
+
+    return html_figure(results)
+
+
+def _plane_html(results: Landscape):
+    from landscape.figures.plane import html_figure
+
+    grids = {k: results.values[k][0] for k in ("adv_loss", "nat_loss", "adv_acc", "nat_acc")}
+    return html_figure(results.grid.axis("alpha"), results.grid.axis("beta"), grids, results.relative()[0],
+                       _plane_title(results))
+
+
+@dataclass(frozen=True)
+class Figures:
+    """How a kind of grid is drawn: PNG file(s) at a path, and a plotly figure for the HTML page."""
+
+    png: Callable[[Landscape, Path], list[Path]]
+    html: Callable[[Landscape], Any]
+
+
+FIGURES: Registry[Figures] = Registry("figure kind", {
+    "curves": Figures(_curves_png, _curves_html),  # 1-D: the curves at PATH
+    "plane": Figures(_plane_png, _plane_html),  # 2-D: contour and surface at PATH-contour.png, PATH-surface.png
+})
+
+
+def _figures(results: Landscape) -> Figures:
+    if results.grid.kind not in FIGURES:
+        raise UserError(f"no figure is drawn for a landscape with dims {list(results.grid.dims)}; read its arrays")
+    return FIGURES[results.grid.kind]
+
+
 def png(results: Landscape, path: Path) -> list[Path]:
-    """1-D: the curves at `path`. 2-D: contour and surface at PATH-contour.png and PATH-surface.png."""
-    kind = results.grid.kind
-    if kind == "curves":
-        from landscape.figures.curves import save_probe_png
-
-        save_probe_png(results, path)
-        return [path]
-    if kind == "plane":
-        from landscape.figures.plane import save_contour_png, save_surface_png
-
-        a, b, rel = results.grid.axis("alpha"), results.grid.axis("beta"), results.relative()[0]
-        paths = [path.with_name(path.stem + "-contour.png"), path.with_name(path.stem + "-surface.png")]
-        save_contour_png(a, b, rel, paths[0], _plane_title(results))
-        save_surface_png(a, b, rel, paths[1], _plane_title(results))
-        return paths
-    raise UserError(f"no figure is drawn for a landscape with dims {list(results.grid.dims)}; read its arrays")
+    """The PNG figure(s) of the landscape's kind of grid."""
+    return _figures(results).png(results, path)
 
 
 def html(results: Landscape, path: Path) -> Path:
     """One self-contained plotly page (plotly.js inlined: opens offline)."""
-    kind = results.grid.kind
-    if kind == "curves":
-        from landscape.figures.curves import html_figure
-
-        return save_plotly_html(html_figure(results), path)
-    if kind == "plane":
-        from landscape.figures.plane import html_figure as plane_figure
-
-        grids = {k: results.values[k][0] for k in ("adv_loss", "nat_loss", "adv_acc", "nat_acc")}
-        return save_plotly_html(plane_figure(results.grid.axis("alpha"), results.grid.axis("beta"), grids,
-                                             results.relative()[0], _plane_title(results)), path)
-    raise UserError(f"no figure is drawn for a landscape with dims {list(results.grid.dims)}; read its arrays")
+    return save_plotly_html(_figures(results).html(results), path)
