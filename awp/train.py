@@ -85,6 +85,7 @@ def train_step(
     awp_params: Params | None = None,
     bn_clean: str = "reference",
     method_params: Mapping[str, Any] | None = None,
+    fit: nn.Module | None = None,
 ) -> StepResult:
     """One SGD step of `method` with its parameters `method_params` (defaults for those not given) on
     (x [B, C, H, W], y [B]); with `awp`, Algorithm 2 lines 4-15.
@@ -94,13 +95,16 @@ def train_step(
     says where the natural accuracy is measured: "reference", a train-mode forward on x after the step,
     at the new weights, whose batch statistics enter the running ones (the reference's "Train Acc"
     pass); "frozen", at w before the step with the running statistics restored afterwards.
+    `fit` is the module the training loss's forward runs through (a DistributedDataParallel wrapper of
+    `model`, whose backward averages gradients over ranks); attacks and the AWP ascent use `model`.
     """
+    fit = model if fit is None else fit
     cp = clean_pass(bn_clean)
     loss_fn = method.bind(method_params or {})
     nat_correct = 0 if cp.after_step else _natural_correct(model, x, y, cp.updates_bn)
     if awp is None:
         x_adv = method.adversary(model, x, y, attack, generator)  # Eq. 9 at w
-        out = loss_fn(model, x, x_adv, y)
+        out = loss_fn(fit, x, x_adv, y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
     else:
@@ -112,7 +116,7 @@ def train_step(
                 v = find_perturbation(  # lines 11-13, Eq. 10 with Pi_gamma of Eq. 15
                     model, params, w, v, lambda: loss_fn(model, x, x_adv, y).loss, awp
                 )
-            out = loss_fn(model, x, x_adv, y)  # line 15: the loss at w + v ...
+            out = loss_fn(fit, x, x_adv, y)  # line 15: the loss at w + v ...
             opt.zero_grad(set_to_none=True)
             out.loss.backward()  # ... and its gradient, taken at w + v
     # Eq. 11: w <- (w + v) - eta3 * grad - v = w - eta3 * grad, applied at the exactly restored w. (The
