@@ -76,7 +76,8 @@ def download(
 @app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A reduced study in well under a minute (what the tests run).")] = False,
-    seeds: Annotated[str, typer.Option("--seeds", help="Independent trainings, e.g. 0,1,2: each claim is judged per seed and with the seeds as units.")] = "0,1,2",
+    full: Annotated[bool, typer.Option("--full", help="The fuller study: the zoo's AWP variants too (TRADES-, MART-, RST-, AT-ES-AWP) and every run evaluated every epoch (about 25 min on 2 CPU cores with three seeds).")] = False,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Independent trainings, e.g. 0,1,2: each claim is judged per seed and with the seeds as units (default 0,1; --full 0,1,2).")] = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the run files go.")] = Path("runs/demo"),
     figures_dir: Annotated[Path, typer.Option("--figures-dir", help="Where the PNG figures go.")] = Path("figures"),
     report: Annotated[Path, typer.Option("--report", help="The interactive HTML report.")] = Path("report.html"),
@@ -88,13 +89,13 @@ def demo(
     """The main job on the embedded digits: train every method, probe landscapes, check the paper's claims."""
     from awp.config import resolve_device
     from landscape.commands.demo import DemoConfig, default_workers, parse_seeds, run_demo
-    from landscape.pipeline.dist import check_workers
+    from awp.distributed import check_workers
 
     resolve_device(device)
-    seed_list = parse_seeds(seeds)
-    workers = default_workers(seed_list, device) if workers is None else workers
+    seed_list = parse_seeds(seeds if seeds is not None else ("0,1,2" if full else "0,1"))
+    workers = default_workers(seed_list, device, full) if workers is None else workers
     check_workers(workers, device, offer=False)
-    run_demo(DemoConfig(seeds=seed_list, workers=workers, quick=quick, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
+    run_demo(DemoConfig(seeds=seed_list, workers=workers, quick=quick, full=full, runs_dir=str(runs_dir), figures_dir=str(figures_dir),
                         report=str(report), device=device, progress=not quiet, overwrite=overwrite))
 
 
@@ -106,10 +107,52 @@ _W = "AWP (Algorithm 2)"
 _R = "Run file"
 
 
+_M = "Method options (each for its own --method; also --method-params JSON)"
+
+
+def with_method_flags(command):
+    """Give `command` one --METHOD-PARAM option per parameter a registered method declares (built from
+    the registry, e.g. --trades-beta, --mart-lambda); it receives the given ones as
+    `method_flags` = {method: {param: text}}."""
+    import functools
+    import inspect
+
+    from awp.methods import method_flag_params, param_flag
+
+    table = method_flag_params()
+    own = inspect.signature(command, eval_str=True)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given: dict[str, dict[str, str]] = {}
+        for name, (method, param) in table.items():
+            if kwargs.get(name) is not None:
+                given.setdefault(method, {})[param.name] = kwargs[name]
+        return command(**{k: v for k, v in kwargs.items() if k not in table}, method_flags=given)
+
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+            param_flag(method, p.name), help=f"{method}: {p.help} (default {p.default!r}).", rich_help_panel=_M)])
+        for name, (method, p) in table.items()
+    ]
+    params = [p for p in own.parameters.values() if p.name != "method_flags"]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params] + extra
+    wrapper.__signature__ = own.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+_PO = "Output and processes"
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes on this machine (torch's elastic launcher, as torchrun).", rich_help_panel=_PO)]
+OversubOpt = Annotated[bool, typer.Option("--oversubscribe", help="Allow more --workers than CPU cores (or GPUs with nccl).", rich_help_panel=_PO)]
+
+
 @app.command("train-awp")
+@with_method_flags
 def train_awp(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run file (HDF5) to write; default runs/DATASET-METHOD.h5 (METHOD-awp with --awp).", rich_help_panel=_R)] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file setting any option (flat keys, e.g. eps = \"8/255\"); flags override it.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="The paper's setting by name (list: landscape presets), under --config and flags; the method stays --method / --awp.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="digits (embedded, default), cifar10, cifar100, svhn.")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where torchvision datasets live.")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Model from the registry (digits: smallcnn, CIFAR/SVHN: preactresnet18).")] = None,
@@ -121,6 +164,7 @@ def train_awp(
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="PGD steps K1 for training (10).", rich_help_panel=_A)] = None,
     train_step_size: Annotated[Optional[str], typer.Option("--train-step-size", help="PGD step eta1 (default eps/4 for L-inf; 2/255 on CIFAR).", rich_help_panel=_A)] = None,
     eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="PGD steps for the per-epoch evaluation (CIFAR 20, digits 10).", rich_help_panel=_A)] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Measure train/test robustness every N epochs and at the last (1); the validation split is measured every epoch. Changes no weight.", rich_help_panel=_A)] = None,
     eval_step_size: Annotated[Optional[str], typer.Option("--eval-step-size", help="PGD step for evaluation (default: the training step).", rich_help_panel=_A)] = None,
     l2_start: Annotated[Optional[str], typer.Option("--l2-start", help="L2 PGD random start: reference (radius eps*U(0,1), the authors' code) or ball (uniform in the ball).", rich_help_panel=_A)] = None,
     awp: Annotated[Optional[bool], typer.Option("--awp/--no-awp", help="Adversarial weight perturbation around every step of the method (default off).", rich_help_panel=_W)] = None,
@@ -150,27 +194,56 @@ def train_awp(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.", rich_help_panel=_R)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run file.", rich_help_panel=_R)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-epoch lines.")] = False,
+    workers: WorkersOpt = 1,
+    oversubscribe: OversubOpt = False,
+    method_flags: Optional[dict] = None,
 ) -> None:
     """Adversarially train with a registered method, with or without AWP, and record every epoch in a crash-safe HDF5 run file."""
-    flags = {k: v for k, v in locals().items() if k not in ("out", "config", "resume", "overwrite", "quiet")}
+    flags = {k: v for k, v in locals().items() if k not in ("out", "config", "preset", "resume", "overwrite", "quiet", "method_flags", "workers", "oversubscribe")}
     flags["norm"] = norm.value if norm is not None else None
+    import os
+
+    from awp.distributed import check_workers, is_main_process, launch, launched_by_torchrun
     from awp.progress import ConsoleReporter
     from awp.runinfo import summary_lines
     from awp.store import open_run
     from awp.train import preflight, train
     from awp.trainconfig import format_toml, resolve_config
 
-    cfg = resolve_config(flags, config)
+    cfg = resolve_config(flags, config, preset=preset, method_flags=method_flags)
     path = out if out is not None else Path("runs") / f"{cfg.dataset}-{cfg.label}.h5"
     if resume and path.exists():
-        cfg = resolve_config(flags, config, stored=open_run(path).config)
+        cfg = resolve_config(flags, config, stored=open_run(path).config, preset=preset, method_flags=method_flags)
+    check_workers(workers, cfg.device, oversubscribe)
+    if workers > 1 and launched_by_torchrun():
+        raise UserError("--workers starts its own processes; under torchrun leave it out (torchrun sets the ranks)")
+    quiet = quiet or not is_main_process()  # under torchrun, rank 0 speaks for all
     reporter = ConsoleReporter(quiet=quiet)
-    preflight(cfg, path, resume=resume, overwrite=overwrite)  # refuse before printing the config
+    if is_main_process():  # the other ranks would find the run file that rank 0 starts
+        world = workers if workers > 1 else int(os.environ.get("WORLD_SIZE", "1"))
+        preflight(cfg, path, resume=resume, overwrite=overwrite, workers=world)  # refuse before printing the config (and starting workers)
+    if workers > 1:  # every check is made: the same command in `workers` data-parallel ranks
+        raise typer.Exit(launch(workers, _without_workers(sys.argv[1:]), kept="every finished epoch is kept"))
     reporter.message(f"# landscape train-awp -> {path}\n{format_toml(cfg)}\n")
     result = train(cfg, path, resume=resume, overwrite=overwrite, reporter=reporter)
     if not quiet:
         typer.echo("\n".join(summary_lines(result.metrics, result.best_epoch, result.last_epoch, result.best_val_epoch)))
         typer.echo(f"run file: {path}")
+
+
+@app.command("presets")
+def presets_command(
+    name: Annotated[Optional[str], typer.Argument(help="A preset to print as TOML (usable with --config); none: list them all.", show_default=False)] = None,
+) -> None:
+    """List the paper's training settings for train-awp --preset (name and summary), or print one as TOML."""
+    from awp.presets import description, names, read
+
+    if name is not None:
+        typer.echo(read(name), nl=False)
+        return
+    width = max(map(len, names()), default=0)
+    for n in names():
+        typer.echo(f"{n:<{width}}  {description(n)}")
 
 
 @app.command()
@@ -218,7 +291,6 @@ Split = Enum("Split", {"train": "train", "test": "test"}, type=str)
 _PL = "Landscape (Eq. 5, Algorithm 1)"
 _PA = "Attack (default: the run's training threat model)"
 _PD = "Checkpoint, model and data"
-_PO = "Output and processes"
 
 CkptArg = Annotated[Optional[Path], typer.Argument(help="Run file from train-awp, or a .pt state dict.", show_default=False)]
 FromOpt = Annotated[Optional[Path], typer.Option("--from", help="Redraw the figures (and table) of RESULTS.h5; computes nothing.", rich_help_panel=_PO)]
@@ -240,8 +312,6 @@ EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, 
 PgdStepOpt = Annotated[Optional[str], typer.Option("--pgd-step", help="PGD step eta1 (default: the training step, or eps/4).", rich_help_panel=_PA)]
 NormOpt = Annotated[Optional[Norm], typer.Option("--norm", help="Threat model.", rich_help_panel=_PA)]
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Points per process between flushes of the results file (default: one direction for probe, 4 for plot2d).", rich_help_panel=_PO)]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes on this machine (torch's elastic launcher, as torchrun).", rich_help_panel=_PO)]
-OversubOpt = Annotated[bool, typer.Option("--oversubscribe", help="Allow more --workers than CPU cores (or GPUs with nccl).", rich_help_panel=_PO)]
 LDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=_PO)]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); figures go beside it.", rich_help_panel=_PO)]
 ResumeOverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming -o.", rich_help_panel=_PO)]
@@ -326,7 +396,7 @@ def _without_workers(argv: list[str]) -> list[str]:
 
 def _run_landscape(cfg, plan, run, oversubscribe: bool) -> None:
     """One process, or `--workers N` of them (every check made first, here, before they start)."""
-    from landscape.pipeline.dist import check_workers, launch
+    from awp.distributed import check_workers, launch
 
     check_workers(cfg.workers, cfg.device, oversubscribe)
     if cfg.workers > 1:

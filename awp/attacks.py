@@ -192,6 +192,12 @@ def random_start(
     return threat_model(norm).random_delta(x, eps, generator, l2_start)
 
 
+def small_start(x: Tensor, generator: torch.Generator | None, scale: float = 1e-3) -> Tensor:
+    """TRADES' and MART's random start, delta = 0.001 * N(0, I) (their reference code's
+    `x + 0.001 * torch.randn(x.shape)`), for either norm; pass it as `delta0`."""
+    return scale * _rand(x.shape, x, generator, normal=True)
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,

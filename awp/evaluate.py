@@ -108,10 +108,23 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, float]:
     """Natural and robust loss/accuracy of `model` on `ds` in eval mode; random starts from `seed`."""
+    return evaluate_sums(model, ds, attack, batch_size=batch_size, device=device, seed=seed).reduce()
+
+
+def evaluate_sums(
+    model: nn.Module,
+    ds: Dataset,
+    attack: AttackConfig,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> EvalSums:
+    """`evaluate` before the division: sums and counts, which add exactly across shards of `ds` (ranks)."""
     total = EvalSums()
     for x, y, x_adv in attacked_batches(model, ds, attack, batch_size=batch_size, device=device, seed=seed):
         total = total.add(batch_sums(model, x, y, x_adv))
-    return total.reduce()
+    return total
 
 
 def robust_correct(model: nn.Module, ds: Dataset, attack: AttackConfig, *, batch_size: int = 256,

@@ -1,4 +1,5 @@
-"""Method-specific training losses l(f_{w+v}(x'), y) of Eq. 1 / Eq. 7 (AT now; TRADES, MART in D.3 later).
+"""The shared pieces of training losses l(f_{w+v}(x'), y) (Eq. 1 / Eq. 7); each method's own loss lives
+in its module of `awp.methods`.
 
 A training loss takes the model (at w or w + v), the natural batch, its adversarial batch and the
 labels, and returns the batch-mean loss plus the logits on x' (for the running robust accuracy).
@@ -24,7 +25,10 @@ class LossOutput:
 TrainingLoss = Callable[[nn.Module, Tensor, Tensor, Tensor], LossOutput]
 
 
-def at_loss(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
-    """Vanilla AT (Eq. 1, Madry et al.): mean cross-entropy on the adversarial examples."""
-    logits = model(x_adv)  # [B, C]
-    return LossOutput(F.cross_entropy(logits, y), logits)
+def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """Per-example KL(softmax(logits_p) || softmax(logits_q)) [B], from log-softmaxes on both sides, so it
+    stays finite and >= 0 where probabilities underflow to 0 (the TRADES reference's KLDivLoss on a
+    softmax target can give NaN there)."""
+    log_p = F.log_softmax(logits_p, dim=1)
+    log_q = F.log_softmax(logits_q, dim=1)
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)

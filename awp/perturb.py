@@ -157,11 +157,17 @@ def find_perturbation(
     v: Mapping[str, Tensor],
     batch_loss: BatchLoss,
     cfg: AWPConfig,
+    reduce_grads: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> Tensors:
     """K2 ascent steps of Eq. 10 on v (Algorithm 2 lines 11-13). The model must be at w + v on entry
     (as `perturbed` and a previous call leave it) and is left at w + v_new. Gradients come from
     `torch.autograd.grad` on `params` only, so their `.grad` stays clean; BatchNorm running
-    statistics are left untouched."""
+    statistics are left untouched.
+
+    Data-parallel: `reduce_grads` (default none: bit for bit the single-process step) maps this rank's gradients of its shard's mean loss to the
+    gradients of the global batch's mean loss (a weighted all-reduce), so every rank takes the same step
+    and v is the v a single process computes from the whole batch (up to BatchNorm's per-shard batch
+    statistics and float summation order)."""
     names = list(params)
     tensors = [params[k] for k in names]
     w_list = [w[k] for k in names]
@@ -173,6 +179,8 @@ def find_perturbation(
             with torch.no_grad():
                 # A parameter the loss does not reach gets a zero gradient, hence a zero step.
                 g = [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(grads, tensors)]
+                if reduce_grads is not None:
+                    g = reduce_grads(g)  # the same g on every rank: that of the global batch
                 v_list = ascent_step(v_list, g, w_norms, cfg.eta2, cfg.gamma)  # Eq. 10 + Eq. 15
                 torch._foreach_copy_(tensors, torch._foreach_add(w_list, v_list))  # the model at w + v
     return dict(zip(names, v_list))

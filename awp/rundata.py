@@ -7,14 +7,17 @@ augmentation, so that the robust generalization gap compares like with like.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from awp.data import DatasetInfo, dataset_labels, load_dataset, stratified_split
+from awp.data import DatasetInfo, batches, dataset_labels, load_dataset, stratified_split
 from awp.errors import UserError
 
 # Subsets are fixed across runs and seeds, so AT and AT-AWP runs see the same examples.
@@ -32,6 +35,48 @@ class RunData:
     train_eval: Dataset
     val: Dataset | None
     test: Dataset
+    # Training-split examples the run uses for neither training nor validation (RST's default unlabelled set).
+    rest: Dataset | None = None
+    # Pseudo-labelled extra examples (RST, Eq. 4): mixed into every training batch at `unlabeled_fraction`.
+    unlabeled: Dataset | None = None
+    unlabeled_fraction: float = 0.0
+
+    def labeled_per_batch(self, batch_size: int) -> int:
+        """Labelled examples in a training batch of `batch_size` (the rest are pseudo-labelled)."""
+        if self.unlabeled is None:
+            return batch_size
+        return max(1, batch_size - int(round(self.unlabeled_fraction * batch_size)))
+
+    def steps(self, batch_size: int) -> int:
+        """Training batches per epoch: one pass over the labelled set."""
+        return math.ceil(len(self.train) / self.labeled_per_batch(batch_size))
+
+
+def training_batches(
+    data: RunData, batch_size: int, *, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """An epoch's shuffled training batches of `batch_size`: labelled examples only, or (RST) each batch
+    `labeled_per_batch` labelled examples followed by pseudo-labelled ones drawn without replacement
+    from a shuffle of the unlabelled set (reshuffled when used up), as Carmon et al.'s sampler."""
+    n_lab = data.labeled_per_batch(batch_size)
+    labeled = batches(data.train, n_lab, shuffle=True, generator=generator, device=device)
+    if data.unlabeled is None:
+        yield from labeled
+        return
+    n_unl = batch_size - n_lab
+    xu_all, yu_all = data.unlabeled.tensors
+    order, pos = torch.randperm(len(xu_all), generator=generator), 0
+    for x, y in labeled:
+        take_n = n_unl if len(x) == n_lab else max(0, int(round(len(x) * n_unl / n_lab)))  # the last, short batch keeps the ratio
+        idx = []
+        while len(idx) < take_n:
+            if pos == len(order):
+                order, pos = torch.randperm(len(xu_all), generator=generator), 0
+            k = min(take_n - len(idx), len(order) - pos)
+            idx.extend(order[pos : pos + k].tolist())
+            pos += k
+        sel = torch.tensor(idx, dtype=torch.long)
+        yield torch.cat([x, xu_all[sel].to(device)]), torch.cat([y, yu_all[sel].to(device)])
 
 
 def take(ds: Dataset, idx: np.ndarray) -> Dataset:
@@ -74,6 +119,8 @@ def run_data(
     ev = _subset_indices(len(keep), labels[keep], train_eval_size)
     test_labels = dataset_labels(splits.test)
     test_idx = _subset_indices(len(test_labels), test_labels, test_size)
+    used = np.concatenate([keep, val_idx]) if val_idx is not None else keep
+    rest_idx = np.setdiff1d(np.arange(len(labels)), used)
     return RunData(
         info=splits.info,
         train=train,
@@ -81,4 +128,5 @@ def run_data(
         train_eval=take(train_plain, ev),
         val=None if val_idx is None else take(splits.train_eval, val_idx),
         test=take(splits.test, test_idx) if len(test_idx) < len(test_labels) else splits.test,
+        rest=take(splits.train_eval, rest_idx),
     )

@@ -45,7 +45,7 @@ from awp.safeio import atomic_write, check_output, exclusive, fsync_path, is_wri
 
 FORMAT = "awp-landscape-run"
 FORMAT_VERSION = 1
-EPOCH_SPECS = "best, last, best_val, N, all or every:K"
+EPOCH_SPECS = "best, last, best_val, reported, N, all or every:K"
 _EPOCH_GROUP = re.compile(r"^epoch_(\d+)$")
 
 
@@ -378,12 +378,26 @@ class RunReader:
         """Epochs that have weights in the file, sorted."""
         return list(self._saved)
 
+    @property
+    def reported_epoch(self) -> int | None:
+        """The epoch the run reports as its model: its method's choice (AT-ES: the best on the validation
+        split, i.e. early stopping), for every other method the last."""
+        from awp.methods import get_method
+
+        try:
+            selects = get_method(self.config.get("method", "at")).selects
+        except UserError:  # a method this version does not know: its last epoch
+            selects = "last"
+        return self.best_val_epoch if selects == "best_val" and self.best_val_epoch is not None else self.last_epoch
+
     def resolve_epochs(self, spec: str) -> list[int]:
-        """'best' | 'last' | 'best_val' | 'N' | 'all' (every saved epoch) | 'every:K' (saved epochs
-        divisible by K, plus best and last) -> sorted epochs that have weights."""
+        """'best' | 'last' | 'best_val' | 'reported' (the run's model: `reported_epoch`) | 'N' | 'all'
+        (every saved epoch) | 'every:K' (saved epochs divisible by K, plus best, last and reported) ->
+        sorted epochs that have weights."""
         text = str(spec).strip().lower()
         saved = self._saved
-        named = {"best": self.best_epoch, "last": self.last_epoch, "best_val": self.best_val_epoch}
+        named = {"best": self.best_epoch, "last": self.last_epoch, "best_val": self.best_val_epoch,
+                 "reported": self.reported_epoch}
         if text in named:
             e = named[text]
             if e is None:
@@ -400,7 +414,7 @@ class RunReader:
                 raise UserError(f"epoch spec {spec!r}: K in every:K must be a positive integer; accepted: {EPOCH_SPECS}")
             k = int(k_text)
             out = {e for e in saved if e % k == 0}
-            out |= {e for e in (self.best_epoch, self.last_epoch) if e is not None}
+            out |= {e for e in (self.best_epoch, self.last_epoch, self.reported_epoch) if e is not None}
             return sorted(out)
         if text.isdigit():
             e = int(text)

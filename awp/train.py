@@ -13,21 +13,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from awp import distributed
 from awp.attacks import AttackConfig
 from awp.config import resolve_device
-from awp.data import batches, dataset_info
+from awp.data import dataset_info
 from awp.errors import Interrupted, UserError
-from awp.evaluate import evaluate
+from awp.evaluate import EvalSums, evaluate, evaluate_sums, exact_count
 from awp.methods import Method, get_method
 from awp.models import create_model
 from awp.perturb import AWPConfig, Params, find_perturbation, frozen_batchnorm, perturbable_params, perturbed, zeros_like_params
-from awp.rundata import RunData, run_data
+from awp.rundata import RunData, run_data, take, training_batches
 from awp.schedules import ScheduleSpec, learning_rate
 from awp.safeio import check_output, exclusive, hdf5_format
 from awp.stopping import graceful_stop, stop_requested
@@ -86,6 +87,7 @@ def train_step(
     bn_clean: str = "reference",
     method_params: Mapping[str, Any] | None = None,
     fit: nn.Module | None = None,
+    reduce_grads: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> StepResult:
     """One SGD step of `method` with its parameters `method_params` (defaults for those not given) on
     (x [B, C, H, W], y [B]); with `awp`, Algorithm 2 lines 4-15.
@@ -96,14 +98,16 @@ def train_step(
     at the new weights, whose batch statistics enter the running ones (the reference's "Train Acc"
     pass); "frozen", at w before the step with the running statistics restored afterwards.
     `fit` is the module the training loss's forward runs through (a DistributedDataParallel wrapper of
-    `model`, whose backward averages gradients over ranks); attacks and the AWP ascent use `model`.
+    `model`, whose backward averages gradients over ranks); attacks and the AWP ascent use `model`, and
+    `reduce_grads` turns a rank's AWP ascent gradient into the global batch's (`find_perturbation`).
     """
     fit = model if fit is None else fit
     cp = clean_pass(bn_clean)
-    loss_fn = method.bind(method_params or {})
+    bound = method.bind(method_params or {})  # the method's adversary and loss with the run's parameters
+    loss_fn = bound.loss
     nat_correct = 0 if cp.after_step else _natural_correct(model, x, y, cp.updates_bn)
     if awp is None:
-        x_adv = method.adversary(model, x, y, attack, generator)  # Eq. 9 at w
+        x_adv = bound.adversary(model, x, y, attack, generator)  # Eq. 9 / 16 / 17 at w
         out = loss_fn(fit, x, x_adv, y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -112,9 +116,9 @@ def train_step(
         with perturbed(params) as w:  # on exit: back at w exactly (Eq. 11's "- v")
             v = zeros_like_params(params)  # Algorithm 2: v starts at 0 each step
             for _ in range(awp.alternations):  # line 4: A alternations
-                x_adv = method.adversary(model, x, y, attack, generator)  # lines 5-10, Eq. 9 against w + v
+                x_adv = bound.adversary(model, x, y, attack, generator)  # lines 5-10, Eq. 9 / 16 / 17 against w + v
                 v = find_perturbation(  # lines 11-13, Eq. 10 with Pi_gamma of Eq. 15
-                    model, params, w, v, lambda: loss_fn(model, x, x_adv, y).loss, awp
+                    model, params, w, v, lambda: loss_fn(model, x, x_adv, y).loss, awp, reduce_grads=reduce_grads
                 )
             out = loss_fn(fit, x, x_adv, y)  # line 15: the loss at w + v ...
             opt.zero_grad(set_to_none=True)
@@ -169,33 +173,53 @@ def train_epoch(
     epoch: int,
     device: torch.device,
     on_step: StepObserver | None = None,
+    dp: distributed.DataParallel | None = None,
 ) -> EpochResult:
-    """One epoch (1-based) over `data.train`; lr from the schedule at every step; stops at a NaN/inf loss."""
+    """One epoch (1-based) over `data.train`; lr from the schedule at every step; stops at a NaN/inf loss.
+
+    Data-parallel (`dp`): every rank draws the same global batches (`batch_size` is the global batch) and
+    trains on its slice of each, every world-th example (`DataParallel.shard`), so each step sees the
+    examples a single process sees; PGD and the AWP ascent run per rank on the bare `model` with the
+    rank's own random starts, the ascent gradient and the training gradient are summed over ranks
+    weighted by shard size, and the step's sums and the Ctrl-C flag are added over ranks (one small
+    collective per step), so every rank stops at the same step."""
     method = get_method(cfg.method)
+    # The same on every rank: the global batch order and its augmentation, as a single process draws them.
     torch.manual_seed(epoch_seed(cfg.seed, epoch, GLOBAL))  # augmentation and anything else global
     shuffle = epoch_generator(cfg.seed, epoch, SHUFFLE)
     attack_gen = epoch_generator(cfg.seed, epoch, ATTACK)
+    if dp is not None:  # each rank its own random starts for its own examples
+        attack_gen = torch.Generator().manual_seed(distributed.rank_seed(epoch_seed(cfg.seed, epoch, ATTACK), dp.ctx.rank))
     use_awp = awp_active(cfg, epoch)
     params = perturbable_params(model, cfg.awp.include_1d) if use_awp else None
     spec = ScheduleSpec(cfg.lr, cfg.epochs, cfg.lr_milestones)
-    steps = math.ceil(len(data.train) / cfg.batch_size)
+    steps = data.steps(cfg.batch_size)
     model.train()
     t0 = time.perf_counter()
     total = StepResult(0.0, 0, 0, 0)
     first_lr = None
-    for it, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=shuffle, device=device)):
+    for it, (x, y) in enumerate(training_batches(data, cfg.batch_size, generator=shuffle, device=device)):
         lr = learning_rate(cfg.lr_schedule, spec, epoch, it, steps)
         first_lr = lr if first_lr is None else first_lr
         for group in opt.param_groups:
             group["lr"] = lr
-        r = train_step(model, opt, method, x, y, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
-                       bn_clean=cfg.bn_clean, method_params=cfg.method_params)
+        stop = False
+        if dp is None:
+            r = train_step(model, opt, method, x, y, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
+                           bn_clean=cfg.bn_clean, method_params=cfg.method_params)
+        else:
+            xs, ys = dp.shard(x, y)
+            r = train_step(model, opt, method, xs, ys, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
+                           bn_clean=cfg.bn_clean, method_params=cfg.method_params, fit=dp.fit,
+                           reduce_grads=dp.reduce_grads)  # find_perturbation: the global batch's v
+            loss_sum, nat, adv, n, stops = distributed.all_sum(dp.ctx, [r.loss_sum, r.nat_correct, r.adv_correct, r.n, stop_requested()])
+            r, stop = StepResult(loss_sum, int(nat), int(adv), int(n)), stops > 0
         if not math.isfinite(r.loss_sum):
             return EpochResult(lr, math.nan, math.nan, math.nan, use_awp, time.perf_counter() - t0, bad_step=it + 1)
         total = total.add(r)
         if on_step is not None:
             on_step(it + 1, steps, r.loss_sum / r.n)
-        if stop_requested():
+        if stop or (dp is None and stop_requested()):
             return EpochResult(lr, math.nan, math.nan, math.nan, use_awp, time.perf_counter() - t0, stopped=True)
     n = max(total.n, 1)
     return EpochResult(
@@ -208,18 +232,48 @@ def train_epoch(
     )
 
 
-def evaluate_epoch(model: nn.Module, cfg: TrainConfig, data: RunData, epoch: int, device: torch.device) -> dict[str, float]:
+EVAL_KEYS = ("nat_loss", "nat_acc", "adv_loss", "adv_acc")  # what `evaluate` returns per set
+
+
+def evaluated(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch `epoch` measures train/test robustness: every `eval_every`-th epoch and the last."""
+    return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+
+
+def evaluate_epoch(model: nn.Module, cfg: TrainConfig, data: RunData, epoch: int, device: torch.device,
+                   ctx: distributed.DistContext | None = None, best_val: float = -math.inf) -> dict[str, float]:
     """Natural and PGD (`eval_steps`) loss/accuracy in eval mode at w on the fixed unaugmented training
     subset (`train_eval_size`), the test set and the validation split; gap = train robust - test robust
-    accuracy (same attack, same mode). The paper's training robustness is `fit_adv_acc` instead."""
+    accuracy (same attack, same mode). The paper's training robustness is `fit_adv_acc` instead. Train
+    and test are measured only on `evaluated` epochs (NaN otherwise) and on an epoch whose validation
+    robust accuracy beats `best_val`, the best before it (so AT-ES's early-stopped epoch always has
+    them); the validation split every epoch.
+
+    Under torchrun (`ctx`) each rank attacks every world-th example with its own random starts and the
+    sums and counts are added over ranks: the same examples and attack, other random starts than one
+    process would draw."""
     attack = cfg.eval_attack
-    sets = {"train": (data.train_eval, EVAL_TRAIN), "test": (data.test, EVAL_TEST)}
-    if data.val is not None:
-        sets["val"] = (data.val, EVAL_VAL)
     row: dict[str, float] = {}
-    for name, (ds, stream) in sets.items():
-        r = evaluate(model, ds, attack, batch_size=cfg.eval_batch_size, device=device, seed=epoch_seed(cfg.seed, epoch, stream))
+
+    def measure(name: str, ds, stream: int) -> None:
+        seed = epoch_seed(cfg.seed, epoch, stream)
+        if ctx is None or not ctx.distributed:
+            r = evaluate(model, ds, attack, batch_size=cfg.eval_batch_size, device=device, seed=seed)
+        else:
+            mine = take(ds, np.arange(ctx.rank, len(ds), ctx.world))
+            sums = evaluate_sums(model, mine, attack, batch_size=cfg.eval_batch_size, device=device,
+                                 seed=distributed.rank_seed(seed, ctx.rank))
+            n, nat, nat_c, adv, adv_c = distributed.all_sum(ctx, sums.astuple())  # exact: sums and counts
+            r = EvalSums(int(n), nat, exact_count(nat_c), adv, exact_count(adv_c)).reduce()
         row.update({f"{name}_{k}": v for k, v in r.items()})
+
+    if data.val is not None:  # every epoch: model selection (AT-ES) needs it
+        measure("val", data.val, EVAL_VAL)
+    if evaluated(cfg, epoch) or row.get("val_adv_acc", -math.inf) > best_val:
+        measure("train", data.train_eval, EVAL_TRAIN)
+        measure("test", data.test, EVAL_TEST)
+    else:
+        row.update({f"{name}_{k}": math.nan for name in ("train", "test") for k in EVAL_KEYS})
     row["gap"] = row["train_adv_acc"] - row["test_adv_acc"]
     return row
 
@@ -327,28 +381,48 @@ def train(
 
     A new run refuses to replace an existing file unless `overwrite`; `resume` continues from the
     last finished epoch (a missing file starts a new run) and refuses a config that differs.
+
+    Under torchrun every rank calls this (`landscape train-awp --workers N` starts them) and they train
+    data-parallel (`train_epoch`); rank 0 alone checks, holds and writes `out`, and reports.
     """
     out = Path(out)
     rep = reporter or SilentReporter()
-    device = preflight(cfg, out, resume=resume, overwrite=overwrite)
-    with exclusive(out), graceful_stop():
-        return _train(cfg, out, resume=resume, overwrite=overwrite, rep=rep, device=device)
+    if not distributed.launched_by_torchrun():
+        device = preflight(cfg, out, resume=resume, overwrite=overwrite)
+        with exclusive(out), graceful_stop():
+            return _train(cfg, out, resume=resume, overwrite=overwrite, rep=rep, device=device)
+    ctx = distributed.init(cfg.device)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(graceful_stop())
+            distributed.on_main(ctx, lambda: (preflight(cfg, out, resume=resume, overwrite=overwrite),
+                                              stack.enter_context(exclusive(out))))
+            return _train(cfg, out, resume=resume, overwrite=overwrite, rep=rep if ctx.is_main else SilentReporter(),
+                          device=ctx.device, ctx=ctx)
+    finally:
+        distributed.shutdown(ctx)
 
 
-def preflight(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False) -> torch.device:
+def preflight(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False, workers: int = 1) -> torch.device:
     """Every check that needs neither data nor compute: the run file, the config's values (a config
     built by hand skips resolve_config's), the device, and that the model can be built and fits in
-    memory (built on the meta device: no memory, no random numbers)."""
+    memory (built on the meta device: no memory, no random numbers). With `workers` > 1 ranks, also
+    that every training batch has an example for each (this loads the data)."""
     check_run_output(Path(out), resume=resume, overwrite=overwrite)
     validate(cfg)
     device = resolve_device(cfg.device)
     info = dataset_info(cfg.dataset)
     with torch.device("meta"):
         skeleton = create_model(cfg.arch, info.num_classes, info.in_channels, info.mean, info.std, **cfg.arch_kwargs)
+    get_method(cfg.method).checked(cfg, info)  # the method's own inputs (RST: the unlabelled set, the labeler)
     if resume and Path(out).exists():
         reader = check_resumable(cfg, Path(out))
         if reader.last_epoch is not None:
             reader.load_into(skeleton, reader.last_epoch)  # the stored weights fit the model
+    if workers > 1:
+        data = run_data(cfg.dataset, cfg.data_dir, train_size=cfg.train_size, train_eval_size=cfg.train_eval_size,
+                        val_split=cfg.val_split, test_size=cfg.test_size)
+        distributed.check_shards(len(data.train), data.labeled_per_batch(cfg.batch_size), workers)
     return device
 
 
@@ -374,20 +448,30 @@ def check_run_output(out: Path, *, resume: bool, overwrite: bool) -> None:
     check_output(out, "--out", overwrite=overwrite, writes="run", resumes=FORMAT if resume else None)
 
 
-def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: Reporter, device: torch.device) -> RunResult:
-    """`train` once `out` is held by this process."""
+def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: Reporter, device: torch.device,
+           ctx: distributed.DistContext | None = None) -> RunResult:
+    """`train` once `out` is held by this process (under torchrun: by rank 0, the one that writes it;
+    every rank loads a resumed run's last epoch, optimizer and RNG state from it)."""
+    ctx = ctx if ctx is not None else distributed.DistContext(device=device)
+    main = ctx.is_main
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    remove_stale_tmp(out)
+    if main:
+        remove_stale_tmp(out)
     data = run_data(
         cfg.dataset, cfg.data_dir, train_size=cfg.train_size, train_eval_size=cfg.train_eval_size,
         val_split=cfg.val_split, test_size=cfg.test_size,
     )
+    method = get_method(cfg.method)
+    if method.prepare is not None:  # RST: a labeler (trained here unless given) pseudo-labels the unlabelled set
+        rep.message(f"{cfg.method}: preparing the training data before epoch 1 (RST: pseudo-labelling)")
+        data = method.prepared(cfg, data, device)
+    distributed.check_shards(len(data.train), data.labeled_per_batch(cfg.batch_size), ctx.world)  # as preflight, with the data used
     model, meta = build_model(cfg, data)
     model.to(device)
     opt = make_optimizer(model, cfg)
-    start = 1
-    if out.exists() and resume:
+    start, best_val = 1, -math.inf  # best_val: the best validation robust accuracy so far
+    if distributed.broadcast_flag(ctx, out.exists() and resume):  # rank 0's view, before it writes anything
         reader = check_resumable(cfg, out)
         if reader.last_epoch is not None:
             reader.load_into(model, reader.last_epoch)  # strictly: a run that does not fit is one line
@@ -397,26 +481,36 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: R
                 if "rng/torch" in st.tensors:
                     torch.set_rng_state(st.tensors["rng/torch"])
             start = reader.last_epoch + 1
+            val = reader.metrics().get("val_adv_acc", np.zeros(0))
+            best_val = float(np.nanmax(val)) if np.isfinite(val).any() else -math.inf
             rep.message(f"resuming {out} after epoch {reader.last_epoch}")
     else:
-        if out.exists() and not overwrite:
-            raise UserError(f"{str(out)!r} already exists; pass --resume to continue it or --overwrite to start over")
-        if resume:
-            rep.message(f"no run at {out}; starting a new one")
-        create_run(out, cfg.to_dict(), meta)
 
-    steps = math.ceil(len(data.train) / cfg.batch_size)
+        def create() -> None:
+            if out.exists() and not overwrite:
+                raise UserError(f"{str(out)!r} already exists; pass --resume to continue it or --overwrite to start over")
+            if resume:
+                rep.message(f"no run at {out}; starting a new one")
+            create_run(out, cfg.to_dict(), meta)
+
+        distributed.on_main(ctx, create)
+
+    # Data-parallel: DDP's backward sums the shard-weighted gradients, the global batch's mean (its
+    # constructor broadcasts rank 0's weights); BatchNorm normalizes with each rank's own shard in train
+    # mode, as plain BatchNorm under DDP does; its running statistics are averaged before each evaluation.
+    dp = distributed.data_parallel(model, ctx) if ctx.distributed else None
+    steps = data.steps(cfg.batch_size)
     try:
         for epoch in range(start, cfg.epochs + 1):
             rep.epoch_start(epoch, cfg.epochs, steps)
-            ep = train_epoch(model, opt, cfg, data, epoch, device, on_step=rep.step)
+            ep = train_epoch(model, opt, cfg, data, epoch, device, on_step=rep.step, dp=dp)
             if ep.stopped:
                 kept = f"epochs 1-{epoch - 1}" if epoch > 1 else "no finished epoch"
-                set_status(out, f"interrupted during epoch {epoch}")
+                distributed.on_main(ctx, lambda: set_status(out, f"interrupted during epoch {epoch}"))
                 raise Interrupted(f"stopped during epoch {epoch}; {str(out)!r} keeps {kept}")
             if ep.bad_step is not None:
                 kept = f"epochs up to {epoch - 1}" if epoch > 1 else "no epochs"
-                set_status(out, f"stopped: non-finite loss at epoch {epoch}, step {ep.bad_step}")
+                distributed.on_main(ctx, lambda: set_status(out, f"stopped: non-finite loss at epoch {epoch}, step {ep.bad_step}"))
                 raise NonFiniteLoss(
                     f"training loss became NaN/inf at epoch {epoch}, step {ep.bad_step}; stopped, {str(out)!r} keeps "
                     f"{kept} (try a smaller --lr or --gamma)"
@@ -426,15 +520,26 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: R
                 "lr": ep.lr, "fit_loss": ep.fit_loss, "fit_nat_acc": ep.fit_nat_acc, "fit_adv_acc": ep.fit_adv_acc,
                 "awp_on": float(ep.awp_on),
             }
-            row.update(evaluate_epoch(model, cfg, data, epoch, device))
+            distributed.average_batchnorm_stats(ctx, model)  # every rank evaluates (and rank 0 saves) the same model
+            row.update(evaluate_epoch(model, cfg, data, epoch, device, ctx, best_val))
+            best_val = max(best_val, row.get("val_adv_acc", -math.inf))
             row["time_train"] = ep.seconds
             row["time_eval"] = time.perf_counter() - t0
-            commit_epoch(out, epoch, row, model.state_dict(), resume_state(model, opt, cfg, epoch), save_every=cfg.save_every)
-            rep.epoch_end(epoch, cfg.epochs, row, open_run(out).best_epoch)
-        reader = open_run(out)
-        if reader.status != "finished":
-            set_status(out, "finished")
+
+            def commit() -> None:  # rank 0; the others wait for it (and stop if it could not write)
+                commit_epoch(out, epoch, row, model.state_dict(), resume_state(model, opt, cfg, epoch), save_every=cfg.save_every)
+                rep.epoch_end(epoch, cfg.epochs, row, open_run(out).best_epoch)
+
+            distributed.on_main(ctx, commit)
+
+        def finish() -> None:
+            if open_run(out).status != "finished":
+                set_status(out, "finished")
+
+        distributed.on_main(ctx, finish)
     finally:
         rep.close()
+    if not main:
+        return RunResult(out)
     reader = open_run(out)
     return RunResult(out, reader.metrics(), reader.best_epoch, reader.best_val_epoch, reader.last_epoch)

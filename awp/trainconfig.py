@@ -22,8 +22,9 @@ from awp.config import check_seed, parse_fraction
 from awp.data import dataset_info
 from awp.errors import UserError
 from awp.registry import Registry
-from awp.methods import AWP_SUFFIX, get_method, method_label, split_label
+from awp.methods import AWP_SUFFIX, get_method, merge_method_flags, method_label, split_label
 from awp.perturb import AWPConfig
+from awp.presets import options as preset_options
 from awp.schedules import check_milestones, get_schedule
 
 
@@ -62,7 +63,7 @@ def clean_pass(name: str) -> CleanPass:
 
 # Values a run file written before an option existed was trained with (not today's defaults), so that
 # resuming it, or a demo reusing it, sees the difference instead of silently switching behaviour.
-LEGACY_VALUES: dict[str, Any] = {"bn_clean": "frozen", "method_params": {}}  # AT, the only method then, takes none
+LEGACY_VALUES: dict[str, Any] = {"bn_clean": "frozen", "method_params": {}, "eval_every": 1}  # AT, the only method then, takes none
 LEGACY_ATTACK_VALUES: dict[str, Any] = {"l2_start": "ball"}
 
 
@@ -80,6 +81,7 @@ class TrainConfig:
     attack: AttackConfig = AttackConfig()  # training threat model: norm, eps, eta1, K1 (Eq. 9)
     eval_steps: int = 20  # PGD-20 test attack (Section 4.4)
     eval_step_size: float = 2 / 255
+    eval_every: int = 1  # train/test robustness every N epochs (and at the last); the validation split every epoch
     use_awp: bool = False  # Algorithm 2 around every step of the method (flat option and flag: awp)
     awp: AWPConfig = AWPConfig()  # gamma, K2, eta2, A (Algorithm 2)
     awp_warmup: int = 0  # epochs of the method without AWP before AWP starts
@@ -160,7 +162,7 @@ _STR, _INT, _FRAC, _BOOL, _DICT, _FLOATS = "str", "int", "fraction", "bool", "di
 KINDS: dict[str, str] = {
     "dataset": _STR, "data_dir": _STR, "arch": _STR, "arch_kwargs": _DICT, "method": _STR, "method_params": _DICT,
     "awp": _BOOL, "norm": _STR, "eps": _FRAC, "train_steps": _INT, "train_step_size": _FRAC, "l2_start": _STR,
-    "eval_steps": _INT, "eval_step_size": _FRAC,
+    "eval_steps": _INT, "eval_step_size": _FRAC, "eval_every": _INT,
     "gamma": _FRAC, "awp_steps": _INT, "awp_step_size": _FRAC, "awp_alternations": _INT,
     "awp_include_1d": _BOOL, "awp_warmup": _INT, "bn_clean": _STR,
     "epochs": _INT, "batch_size": _INT, "eval_batch_size": _INT,
@@ -171,7 +173,8 @@ KINDS: dict[str, str] = {
 OPTIONS = tuple(KINDS)
 
 # Options that change where or how fast a run goes, not what it computes: resuming may change them.
-RUNTIME_OPTIONS = frozenset({"device", "data_dir", "eval_batch_size", "threads"})
+# eval_every too: evaluation runs in eval mode on its own random streams, so the weights do not depend on it.
+RUNTIME_OPTIONS = frozenset({"device", "data_dir", "eval_batch_size", "threads", "eval_every"})
 
 
 def flag(name: str) -> str:
@@ -301,7 +304,7 @@ CHECKS: dict[str, Check] = {
     "dataset": _lookup(dataset_info), "method": _method_name, "lr_schedule": _lookup(get_schedule),
     "norm": _lookup(threat_model), "l2_start": _lookup(l2_start_radius), "bn_clean": _lookup(clean_pass),
     "lr_milestones": _milestones, "momentum": _unit_interval, "val_split": _unit_interval,
-    "epochs": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "awp_steps": _POSITIVE,
+    "epochs": _POSITIVE, "eval_every": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "awp_steps": _POSITIVE,
     "awp_alternations": _POSITIVE, "train_steps": _NONNEG, "eval_steps": _NONNEG, "awp_warmup": _NONNEG,
     "train_size": _NONNEG, "train_eval_size": _NONNEG, "test_size": _NONNEG, "save_every": _NONNEG,
     "threads": _NONNEG, "seed": lambda name, v: check_seed(v, name),
@@ -378,6 +381,8 @@ def validate(cfg: TrainConfig) -> None:
     its `method_params` against the method's declared parameters."""
     check_options(to_flat(cfg))
     resolve_method_params(cfg.method, cfg.method_params)
+    if get_method(cfg.method).selects == "best_val" and not cfg.val_split > 0:
+        raise UserError(f"method {cfg.method!r} chooses its epoch on a validation split; give --val-split above 0, got {cfg.val_split:g}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,16 +472,32 @@ def resolve_config(
     flags: Mapping[str, Any],
     config_file: str | Path | None = None,
     stored: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    method_flags: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> TrainConfig:
-    """Defaults (or, when resuming, the `stored` run's config) < TOML file < command-line `flags`.
-    `flags` maps flat option names to values, None meaning "not given"."""
+    """Defaults (or, when resuming, the `stored` run's config) < `preset` < TOML file < command-line
+    `flags`. `flags` maps flat option names to values, None meaning "not given". `preset` names a file
+    of `awp.presets` (the paper's settings); its options count as given, exactly as a `--config` file's
+    below the user's own file, so the dataset it names picks the dataset defaults under it."""
     def source(raw: Mapping[str, Any]) -> dict[str, Any]:
         return expand_label({k: parse_option(k, v) for k, v in raw.items() if v is not None})
 
     # Each source's 'at-awp' expands on its own, so a flag's --no-awp overrides the file's "at-awp".
-    user = {**source(load_toml(config_file) if config_file else {}), **source(flags)}
+    layers = [source(preset_options(preset) if preset is not None else {}),
+              source(load_toml(config_file) if config_file else {}), source(flags)]
+    # The method's own defaults (TRADES-AWP's gamma and warm-up, AT-ES's validation split) sit above the
+    # preset, whose gamma is AT-AWP's (Table 1), and below the user's file and flags.
+    method = {k: v for layer in layers for k, v in layer.items()}.get("method", TrainConfig.method)
     if stored is not None:
-        return from_flat({**to_flat(TrainConfig.from_dict(stored)), **user})
+        method = layers[2].get("method", TrainConfig.from_dict(stored).method)
+    if method_flags:  # --trades-beta etc.: over the method_params of every other source, for this method only
+        merged = {k: v for layer in layers for k, v in layer.items()}.get("method_params") or {}
+        if stored is not None and "method_params" not in merged:
+            merged = TrainConfig.from_dict(stored).method_params
+        layers[2] = {**layers[2], "method_params": merge_method_flags(method, method_flags, merged)}
+    if stored is not None:  # a resumed run keeps what it was trained with, the method's defaults included
+        return from_flat({**to_flat(TrainConfig.from_dict(stored)), **{k: v for layer in layers for k, v in layer.items()}})
+    user = {**layers[0], **source(get_method(method).defaults), **layers[1], **layers[2]}
     dataset = user.get("dataset", "digits")
     dataset_info(dataset)
     norm = user.get("norm", "linf")

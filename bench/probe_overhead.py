@@ -34,7 +34,7 @@ from landscape.core import engine  # noqa: E402
 from landscape.core.directions import random_specs  # noqa: E402
 from landscape.core.engine import model_device  # noqa: E402
 from landscape.pipeline.compute import Job, compute  # noqa: E402
-from landscape.pipeline.dist import DistContext  # noqa: E402
+from awp.distributed import DistContext  # noqa: E402
 from landscape.storage.results import CheckpointId, Grid, Landscape  # noqa: E402
 
 

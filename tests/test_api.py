@@ -14,7 +14,7 @@ import landscape
 from awp.errors import UserError
 from landscape.core import engine
 from landscape.pipeline.compute import Job, compute
-from landscape.pipeline.dist import DistContext
+from awp.distributed import DistContext
 from landscape.storage.results import Grid, Landscape
 
 ATTACK = landscape.AttackConfig(eps=0.1, step_size=0.03, steps=2)

@@ -184,10 +184,18 @@ ROWS: list[Row] = [
     Row("train-config-binary", VALUE, cmd("train-awp", "--config", "binary.toml"), ("binary.toml",)),
     Row("train-config-is-dir", VALUE, cmd("train-awp", "--config", "confdir"), ("confdir",)),
     Row("train-config-missing", VALUE, cmd("train-awp", "--config", "missing.toml"), ("missing.toml",)),
+    Row("train-preset-unknown", VALUE, cmd("train-awp", "--preset", "nope"), ("nope", "preset", "preactresnet18-cifar10-linf")),
+    Row("presets-unknown", VALUE, raw("presets", "nope"), ("nope", "preset", "wrn34-10-cifar10-linf"), sole_line=True),
     Row("train-resume-and-overwrite", VALUE, cmd("train-awp", "-o", "run.h5", "--resume", "--overwrite"),
         ("--resume", "--overwrite")),
     Row("train-device-cuda-no-gpu", VALUE, cmd("train-awp", "--device", "cuda"), ("cuda",), skip="has_cuda"),
     Row("train-device-tpu", VALUE, cmd("train-awp", "--device", "tpu"), ("tpu",)),
+    Row("train-workers-0", VALUE, cmd("train-awp", "--workers", "0"), ("--workers",)),
+    # Refused before any worker starts (NCPU + 1: against code that misses it, no flood of processes).
+    Row("train-workers-above-cores", VALUE, cmd("train-awp", "--workers", str(NCPU + 1)), ("--workers", "CPU core"), fast=True),
+    # 21 examples in batches of 20: the last batch has 1 example for 2 workers (checked before they start).
+    Row("train-workers-batch-split", VALUE, cmd("train-awp", "--workers", "2", "--oversubscribe", "--train-size", "21",
+                                                "--batch-size", "20"), ("2 workers", "--batch-size"), fast=True),
     Row("probe-alphas-no-zero", VALUE, cmd("probe", "run.h5", "--alphas", "-1:1:4"), ("alpha",)),
     Row("probe-alphas-reversed", VALUE, cmd("probe", "run.h5", "--alphas", "1:-1:5"), ("alpha",)),
     Row("probe-alphas-one-point", VALUE, cmd("probe", "run.h5", "--alphas", "-1:1:1"), ("alpha",)),
@@ -213,6 +221,14 @@ ROWS: list[Row] = [
     Row("train-model-not-importable", VALUE, cmd("train-awp", "--arch", "nopkg.nets:Net"), ("nopkg",)),
     Row("train-method-params-bad-json", VALUE, cmd("train-awp", "--method-params", "{bad"), ("method",)),
     Row("train-method-params-unknown", VALUE, cmd("train-awp", "--method-params", '{"beta": 6}'), ("beta",)),
+    Row("train-option-of-other-method", VALUE, cmd("train-awp", "--method", "mart", "--trades-beta", "3"),
+        ("--trades-beta", "trades", "mart", "--mart-lambda")),
+    Row("train-method-option-bad-value", VALUE, cmd("train-awp", "--method", "mart", "--mart-lambda", "-1"), ("lambda", ">= 0", "-1")),
+    Row("train-rst-unlabeled-wrong-shape", VALUE, cmd("train-awp", "--method", "rst", "--rst-unlabeled", "npz:rgb.npz",
+        "--rst-labeler-epochs", "1"), ("[3, 8, 8]", "[1, 8, 8]"), setup="rgb_npz"),
+    Row("train-rst-unlabeled-unknown", VALUE, cmd("train-awp", "--method", "rst", "--rst-unlabeled", "tinyimages"),
+        ("tinyimages", "npz:PATH")),
+    Row("train-at-es-without-val", VALUE, cmd("train-awp", "--method", "at-es", "--val-split", "0"), ("at-es", "--val-split")),
     Row("probe-bn-unknown", VALUE, cmd("probe", "run.h5", "--bn", "nope"), ("nope",)),
     Row("probe-pgd-negative", VALUE, cmd("probe", "run.h5", "--pgd", "-1"), ("--pgd",)),
     Row("probe-samples-negative", VALUE, cmd("probe", "run.h5", "--samples", "-3"), ("--samples",)),
@@ -314,7 +330,7 @@ ROWS: list[Row] = [
     Row("plot2d-dataset-contradicts-pt", CONTRA, cmd("plot2d", "model.pt", "--dataset", "cifar10"), ("cifar10",)),
 ]
 
-COMMANDS = ("train-awp", "info", "export", "probe", "plot2d", "gap", "report", "demo", "download")
+COMMANDS = ("train-awp", "info", "export", "probe", "plot2d", "gap", "report", "demo", "download", "presets")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +356,8 @@ SETUPS = {
     "demo_run": _demo_run,  # the demo's own run file already exists where --report points
     "readonly": _readonly,
     "dl": lambda d: (d / "dl").mkdir(),  # an empty data dir: a half-downloaded file in it would show
+    # RGB 8x8 images: the wrong [C, H, W] for digits' [1, 8, 8]
+    "rgb_npz": lambda d: __import__("numpy").savez(d / "rgb.npz", x=__import__("numpy").zeros((4, 3, 8, 8), "float32")),
 }
 
 

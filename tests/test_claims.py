@@ -93,6 +93,49 @@ def test_awp_helps_verdicts():
     assert cl.awp_helps(at, sharper).status == "fails"
 
 
+def test_methods_flatter_verdicts_per_method():
+    """(5): holds only when every method has both a smaller gap and a flatter landscape than AT; a method
+    trained on other examples (AT-ES's validation split) is compared unpaired on the training side."""
+    tr, te = correct(0.7, 300), correct(0.5)
+    at = ckpt(100, tr, te, 1.0 + 0.02 * RNG.standard_normal(4))
+
+    def better(n_train: int = 300):
+        train = flipped(tr, n_down=60) if n_train == 300 else correct(0.5, n_train)
+        return ckpt(100, train, flipped(te, n_up=20), 0.5 + 0.02 * RNG.standard_normal(4))
+
+    c = cl.methods_flatter(at, {"trades": better(), "at-es": better(240)})
+    assert c.status == "holds", c.evidence
+    assert len(c.parts) == 4 and "independently" in c.parts[2].method
+    sharper = ckpt(100, better().train, better().test, 2.0 + 0.02 * RNG.standard_normal(4))
+    c = cl.methods_flatter(at, {"trades": better(), "mart": sharper})
+    assert c.status == "fails" and c.deciding.what == "rise mart - AT"
+    same = ckpt(100, tr, te, 0.5 + 0.02 * RNG.standard_normal(4))  # as flat, but the same gap
+    c = cl.methods_flatter(at, {"rst": same})
+    assert c.status == "not significant" and c.deciding.what == "gap rst - AT"
+    assert cl.methods_flatter(at, {}).status == "not measurable"
+
+
+def test_over_seeds_an_interval_is_never_narrower_than_the_seeds_own_noise():
+    """Two seeds with the same estimate by chance (accuracies move in steps of 1/N) must not give an
+    interval of width 0; on null data with quantized estimates the false-positive rate stays nominal,
+    while a bare t interval over the seeds would exceed it."""
+    part = lambda v: Part("gap x - AT", Estimate(v, v - 0.095, v + 0.095), "m", "not significant", -1)
+    c = cl.across_seeds([Claim("5", "t", [part(0.025)]), Claim("5", "t", [part(0.025)])])
+    assert c.parts[0].status == "not significant" and c.parts[0].estimate.hi - c.parts[0].estimate.lo > 0.1
+    from landscape.core.stats import seeds_interval, t_interval
+
+    rng = np.random.default_rng(11)
+    ours = bare = 0
+    trials = 4000
+    for _ in range(trials):
+        v = np.round(rng.standard_normal(2) * 1.0)  # true effect 0, se 1, quantized to whole units
+        e, b = seeds_interval(v, np.ones(2)), t_interval(v)
+        ours += e.lo > 0 or e.hi < 0
+        bare += b.lo > 0 or b.hi < 0
+    assert ours / trials <= 0.06
+    assert bare / trials > 0.1  # ties at a nonzero value: width 0, "significant"
+
+
 def test_on_the_fly_above_fixed():
     alphas = np.linspace(-1, 1, 11)
     fixed = np.tile(alphas**2, (3, 1))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from awp.errors import UserError
-from awp.losses import LossOutput, at_loss
+from awp.losses import LossOutput
+from awp.methods import at_loss
 from awp.methods import METHODS, Method, Param, get_method, method_label, method_labels, pgd_ce_adversary, register_method, split_label
 from awp.runinfo import info_text
 from awp.store import checkpoint_dict, open_run
@@ -71,7 +72,7 @@ def test_defaults_are_filled_and_given_values_parsed(scaled):
     assert resolve_config({"method": "test-scaled"}).method_params == {"scale": 1.0}
     assert resolve_config({"method": "test-scaled", "method_params": '{"scale": "0.5"}'}).method_params == {"scale": 0.5}
     assert resolve_config({"method": "at"}).method_params == {}
-    assert scaled.bind({}).keywords == {"scale": 1.0}
+    assert scaled.kwargs({}) == {"scale": 1.0}
 
 
 @pytest.mark.parametrize("params,needles", [
@@ -175,8 +176,8 @@ def test_at_awp_contradicted_in_one_source_and_labels_in_hand_built_configs():
         validate(TrainConfig(dataset="digits", arch="smallcnn", method="at-awp"))
     _one_line(e, "--method 'at-awp' is a label, not a method", "'at'", "use_awp=True")
     with pytest.raises(UserError) as e:
-        resolve_config({"method": "trades-awp"})
-    _one_line(e, "unknown method 'trades-awp'; accepted: at, at-awp")
+        resolve_config({"method": "madry-awp"})
+    _one_line(e, "unknown method 'madry-awp'; accepted: at, at-awp, natural, natural-awp, trades, trades-awp")
 
 
 def test_cli_flags(tmp_path):

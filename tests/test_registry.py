@@ -46,7 +46,9 @@ def test_every_named_choice_is_a_registry():
     from landscape.core.engine import BN_MODES
     from landscape.core.sharpness import SHARPNESS
 
-    assert method_labels() == ("at", "at-awp")  # AWP is an option of any method, not a second entry
+    # AWP is an option of any method, not a second entry: every method once, followed by its AWP label
+    assert method_labels() == tuple(label for m in METHODS for label in (m, m + "-awp"))
+    assert set(METHODS) == {"at", "natural", "trades", "mart", "rst", "at-es"}
     for reg in (L2_STARTS, NORMS, DATASETS, METHODS, MODELS, SCHEDULES, CLEAN_PASSES, NORMALIZATIONS, BN_MODES,
                 DIRECTIONS, SHARPNESS):
         assert isinstance(reg, Registry) and len(reg) >= (1 if reg is METHODS else 2), reg

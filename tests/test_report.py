@@ -30,8 +30,8 @@ def test_demo_judges_every_claim_per_seed_and_over_seeds(demo):
     cfg, outcome, d = demo
     assert set(outcome.per_seed) == {0, 1}
     for claims in outcome.per_seed.values():
-        assert [c.key for c in claims] == ["1", "2a", "3", "4"]
-    assert [c.key for c in outcome.study] == ["1", "2a", "2b", "3", "4"]
+        assert [c.key for c in claims] == ["1", "2a", "3", "4", "5"]
+    assert [c.key for c in outcome.study] == ["1", "2a", "2b", "3", "4", "5"]
     for c in [*outcome.study, *(c for cs in outcome.per_seed.values() for c in cs)]:
         assert c.status in STATUSES and c.parts
         for p in c.parts:  # every part is decided from an interval, or says why it cannot be
@@ -40,11 +40,15 @@ def test_demo_judges_every_claim_per_seed_and_over_seeds(demo):
     assert "paired bootstrap" in one[0].evidence and "not used to choose it" in one[0].evidence
     assert "permutations within runs" in one[1].evidence
     assert "t interval over seeds" in outcome.study[3].evidence
-    assert "needs at least 5" in outcome.study[2].evidence  # 4 runs: no test across runs, and it says so
-    for name in ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png"):
+    # across runs: AT, AT-AWP and the four Figure 1(b) methods of both seeds; natural is not in the test
+    assert "12 runs, one point each" in outcome.study[2].evidence
+    five = outcome.per_seed[0][4]
+    assert [p.what for p in five.parts] == [f"{k} {m} - AT" for m in ("trades", "mart", "rst", "at-es") for k in ("gap", "rise")]
+    assert "independently" in five.parts[6].method  # AT-ES trained on other examples (its validation split)
+    for name in ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png", "demo-methods.png"):
         assert (d / "figures" / name).stat().st_size > 5000
     runs = sorted((d / "runs").glob("digits-*-quick.h5"))
-    assert {p.name.split("-seed")[0] for p in runs} >= {"digits-at", "digits-at-awp"}
+    assert {p.name.split("-seed")[0].removeprefix("digits-") for p in runs} == set(cfg.labels)
     assert {p.name.split("-seed")[1][0] for p in runs} == {"0", "1"}
 
 
@@ -58,13 +62,16 @@ def test_second_analysis_computes_nothing(demo, monkeypatch):
         raise AssertionError("a cached landscape was recomputed")
 
     monkeypatch.setattr(engine, "evaluate_at", forbidden)
-    analyses = analyse(cfg.gap_config(runs))
-    assert all(a.landscapes.done.all() for a in analyses)
+    main = [r for r in runs if "-at-seed" in r or "-at-awp-seed" in r]
+    analyses = analyse(cfg.gap_config(main))  # AT and AT-AWP: over epochs
+    analyses += analyse(cfg.gap_config([r for r in runs if r not in main], zoo=True))  # the zoo: as probed
+    assert len(analyses) == len(runs) and all(a.landscapes.done.all() for a in analyses)
+    assert {len(a.epochs) for a in analyses[len(main):]} == {1}
 
 
 def test_gap_command_prints_both_tests(demo):
     cfg, _, d = demo
-    runs = sorted(str(p) for p in (d / "runs").glob("digits-*-quick.h5"))
+    runs = sorted(str(p) for p in (d / "runs").glob("digits-at*-seed*-quick.h5") if "-at-es-" not in str(p))
     r = run_cli("gap", *runs, "--every", "2", "--dirs", "2", "--alphas", "-1:1:7", "--samples", "50",
                 "--out-dir", str(d / "gapfigs"), "--device", "cpu", "-q")
     assert r.returncode == 0, r.stderr

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from awp.errors import UserError
-from awp.losses import LossOutput, at_loss
+from awp.losses import LossOutput
+from awp.methods import at_loss
 from awp.methods import METHODS, Method, pgd_ce_adversary, register_method
 from awp.schedules import ScheduleSpec, learning_rate
 from awp.store import open_run
@@ -262,7 +263,7 @@ def test_info_and_export(finished, tmp_path):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["train-awp", "--method", "trades"], "unknown method 'trades'; accepted: at, at-awp"),
+        (["train-awp", "--method", "madry"], "unknown method 'madry'; accepted: at, at-awp, natural"),
         (["train-awp", "--gamma", "-0.01"], "gamma '-0.01' is negative"),
         (["train-awp", "--awp-steps", "0"], "--awp-steps must be >= 1, got 0"),
         (["train-awp", "--lr-schedule", "step"], "unknown lr schedule 'step'; accepted: piecewise, cosine, cyclic"),

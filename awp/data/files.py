@@ -323,3 +323,60 @@ def _load_folder(path: Path, info: DatasetInfo) -> Splits:
     no train/ and test/ subfolders."""
     _, train, test = _image_folders(path)
     return Splits(info, train, train, train if test is None else test)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unlabelled image sets (RST): npz:PATH with an array x (or x_train), or folder:PATH; labels are ignored
+# ---------------------------------------------------------------------------------------------
+
+UNLABELED_FORMS = "npz:PATH (an array x or x_train, [N, C, H, W]) or folder:PATH (images in class folders, the classes ignored)"
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+    """[C, H, W] of the images of unlabelled set `name`, read from the file headers only (no pixels)."""
+    if not is_file_dataset(name):
+        raise UserError(f"unlabelled set {name!r} is not accepted; accepted: {UNLABELED_FORMS}")
+    kind, path = _split_name(name)
+    _check_exists(kind, path, name)
+    if kind == "folder":
+        return _folder_info(path).input_shape
+    try:
+        with zipfile.ZipFile(path) as zf:
+            key = next((k for k in ("x", "x_train") if f"{k}.npy" in zf.namelist()), None)
+            if key is None:
+                names = sorted(n.removesuffix(".npy") for n in zf.namelist())
+                raise UserError(f"{str(path)!r} has no array x or x_train (it has {', '.join(names) or 'none'}); "
+                                f"accepted: {UNLABELED_FORMS}")
+            with zf.open(f"{key}.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape = read(fh)[0]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"{str(path)!r} is not a readable .npz archive ({' '.join(str(e).split())})") from None
+    if len(shape) != 4:
+        raise UserError(f"{key!r} in {str(path)!r} has shape {list(shape)}; expected [N, C, H, W]")
+    return tuple(int(n) for n in shape[1:])
+
+
+def load_images(name: str) -> torch.Tensor:
+    """Every image of an unlabelled set `name` as [N, C, H, W] float32 in [0, 1], in memory; labels it may
+    carry are ignored. Anything else is one line naming what is accepted."""
+    if not is_file_dataset(name):
+        raise UserError(f"unlabelled set {name!r} is not accepted; accepted: {UNLABELED_FORMS}")
+    kind, path = _split_name(name)
+    _check_exists(kind, path, name)
+    if kind == "npz":
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise UserError(f"{str(path)!r} is not a readable .npz archive ({' '.join(str(e).split())})") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise UserError(f"{str(path)!r} holds a single array (.npy), not an .npz archive; accepted: {UNLABELED_FORMS}")
+        with z:
+            key = next((k for k in ("x", "x_train") if k in z.files), None)
+            if key is None:
+                raise UserError(f"{str(path)!r} has no array x or x_train (it has {', '.join(sorted(z.files)) or 'none'}); "
+                                f"accepted: {UNLABELED_FORMS}")
+            return _pixels(_npz_array(z, key, path), key, path)
+    splits = load_file_dataset(name)
+    return torch.stack([splits.train_eval[i][0] for i in range(len(splits.train_eval))])

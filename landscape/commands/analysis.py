@@ -42,6 +42,12 @@ class RunCurves:
     last_epoch: int | None
     n_train: int = 0  # examples behind train_* and test_* (0: unknown)
     n_test: int = 0
+    reported_epoch: int | None = None  # the run's model: AT-ES's early-stopped epoch, else the last (None: last)
+
+    @property
+    def final_epoch(self) -> int | None:
+        """The epoch that stands for the run across runs (Figure 1b): the one it reports."""
+        return self.reported_epoch if self.reported_epoch is not None else self.last_epoch
 
     @property
     def gap(self) -> np.ndarray:
@@ -81,7 +87,7 @@ def run_curves(path: str | Path, label: str | None = None) -> RunCurves:
     return RunCurves(
         Path(path), label or run_label(reader.config), reader.config, m["epoch"].astype(int), m["train_adv_acc"],
         m["test_adv_acc"], m["test_nat_acc"], m["train_nat_acc"], reader.best_epoch, reader.last_epoch,
-        len(data.train_eval), len(data.test),
+        len(data.train_eval), len(data.test), reader.reported_epoch,
     )
 
 
@@ -97,6 +103,7 @@ class GapConfig:
 
     runs: tuple[str, ...]
     every: int = 10
+    epochs: str | None = None  # an epoch spec probed instead of every:K (e.g. "reported": one point per run)
     sharpness: str = "rise"
     dirs: int = 3
     alphas: str = "-1:1:11"
@@ -121,13 +128,18 @@ class GapConfig:
         check_positive_int(self.dirs, "--dirs")
         parse_centred_range(self.alphas, "--alphas")  # refused before any run is opened or probed
 
+    @property
+    def epoch_spec(self) -> str:
+        """The checkpoints probed in every run: `epochs`, or every K-th saved one plus best, last and reported."""
+        return self.epochs if self.epochs is not None else f"every:{self.every}"
+
 
 def probe_config(cfg: GapConfig, run: str | Path) -> ProbeConfig:
     """The small probe of every K-th saved checkpoint plus best and last, cached beside the run."""
     reader = open_run(run)
     steps = cfg.steps if cfg.steps is not None else reader.attack_config().steps
     return ProbeConfig(
-        checkpoint=str(run), epochs=f"every:{cfg.every}", alphas=cfg.alphas, dirs=cfg.dirs, steps=steps,
+        checkpoint=str(run), epochs=cfg.epoch_spec, alphas=cfg.alphas, dirs=cfg.dirs, steps=steps,
         split=cfg.split, samples=cfg.samples, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
         out=str(landscape_path(run)), png=str(landscape_path(run).with_suffix(".png")), progress=cfg.progress,
     )
@@ -137,7 +149,7 @@ def check_caches(cfg: GapConfig) -> list[Path]:
     """Before any compute: at least one test can be made, every run opens, and its landscape cache (and
     PNG) may be written or resumed; returns the cache files (inputs of whatever is drawn from them)."""
     caches = []
-    changes = sum(max(len(open_run(run).resolve_epochs(f"every:{cfg.every}")) - 1, 0) for run in cfg.runs)
+    changes = sum(max(len(open_run(run).resolve_epochs(cfg.epoch_spec)) - 1, 0) for run in cfg.runs)
     if changes < MIN_UNITS and len(cfg.runs) < MIN_UNITS:
         raise UserError(f"{changes} epoch-to-epoch changes in {len(cfg.runs)} run(s) allow no test of gap vs sharpness: "
                         f"it needs at least {MIN_UNITS} changes within runs (a smaller --every, or train with "
@@ -196,8 +208,9 @@ class RunAnalysis:
         self.gap_se = np.array([self.curves.at(int(e), self.curves.gap_se) for e in self.epochs])
 
     def final(self, sharpness: str) -> tuple[float, float]:
-        """(sharpness, gap) at the last epoch: the run's point across runs (Figure 1b)."""
-        at = np.flatnonzero(self.epochs == self.curves.last_epoch)
+        """(sharpness, gap) at the epoch the run reports (the last; AT-ES's early-stopped one): the run's
+        point across runs (Figure 1b)."""
+        at = np.flatnonzero(self.epochs == self.curves.final_epoch)
         return (float(self.sharpness[sharpness][at[0]]), float(self.gap[at[0]])) if len(at) else (np.nan, np.nan)
 
 

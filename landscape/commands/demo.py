@@ -1,9 +1,11 @@
 """`landscape demo`: the whole study on the embedded digits, in minutes on 2 CPU cores.
 
-For each seed it trains every registered method (AT, AT-AWP, ...), probes their landscapes over
-epochs, and judges the paper's qualitative claims on the numbers it just computed (`landscape.core.claims`:
-every part from an interval); over several seeds it judges them again with the seeds as the units.
-It writes the Figure-1 figures and `report.html`.
+For each seed it trains AT and AT-AWP (evaluated every epoch, their landscapes probed over epochs:
+Figure 1a, claims 1-4) and the method zoo of Figure 1(b), TRADES, MART, RST, AT-ES and natural training
+(evaluated every `ZOO_EVAL_EVERY` epochs, each probed at the checkpoint it reports: claims 2b and 5); it
+judges the paper's qualitative claims on the numbers it just computed (`landscape.core.claims`: every
+part from an interval), and over several seeds again with the seeds as the units. It writes the
+Figure-1 figures and `report.html`. `--full` adds the zoo's AWP variants and evaluates it every epoch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from rich.table import Table
 from awp.config import check_seed
 from awp.data import dataset_labels, stratified_split
 from awp.errors import Interrupted, UserError
-from awp.methods import method_labels
 from awp.rundata import RunData, take
 from awp.safeio import check_dir, check_output, provenance, signed
 from awp.stopping import graceful_stop, stop_requested
@@ -32,13 +33,22 @@ from awp.store import RunReader, open_run
 from awp.trainconfig import TrainConfig
 from landscape.core import claims as cl
 from landscape.figures import study as figures
-from landscape.commands.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_figures, gap_tests, landscape_path, proportion_se
+from landscape.commands.analysis import (
+    GapConfig, GapTests, RunAnalysis, check_figures, gap_tests, landscape_path, probe_run, proportion_se, run_curves,
+)
 from landscape.core.claims import Checkpoint, Claim
 from landscape.commands.probe import ProbeConfig, run_probe
 from landscape.commands.report import write_report
 from landscape.core.stats import HOLDS, FAILS
 
 SELECT_SEED = 0  # which half of the test set chooses the best epoch (the same halves for every run)
+
+MAIN = ("at", "at-awp")  # trained and probed over epochs (Figure 1a; claims 1-4)
+ZOO = ("trades", "mart", "rst", "at-es", "natural")  # Figure 1(b): probed at the checkpoint each reports
+PAPER_ZOO = ("trades", "mart", "rst", "at-es")  # the methods of the paper's Figure 1(b), tested against AT (claim 5)
+# Natural training is drawn and tabled but left out of the tests: its robust accuracy is near 0 on both
+# splits, so its "gap" says nothing about robust generalization.
+ZOO_EVAL_EVERY = 10  # the default demo evaluates the zoo every 10 epochs (and at the last): the time budget
 
 
 def parse_seeds(text: str, flag: str = "--seeds") -> tuple[int, ...]:
@@ -60,8 +70,9 @@ def parse_seeds(text: str, flag: str = "--seeds") -> tuple[int, ...]:
 class DemoConfig:
     """What the demo runs; `quick` shrinks everything for the test suite (seconds, not minutes)."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1)
     quick: bool = False
+    full: bool = False  # also the zoo's AWP variants, every run evaluated every epoch
     runs_dir: str = "runs/demo"
     figures_dir: str = "figures"
     report: str = "report.html"
@@ -70,36 +81,49 @@ class DemoConfig:
     overwrite: bool = False  # replace figures, report and demo runs made with other settings
     workers: int = 1  # processes that train and probe the runs side by side
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The runs of one seed: AT, AT-AWP, the zoo (and with `full` the zoo's AWP variants)."""
+        zoo = ZOO + tuple(f"{m}-awp" for m in PAPER_ZOO) if self.full else ZOO
+        return MAIN + zoo
+
     def run_paths(self, seed: int) -> list[Path]:
-        suffix = "-quick" if self.quick else ""
-        return [Path(self.runs_dir) / f"digits-{m}-seed{seed}{suffix}.h5" for m in method_labels()]
+        suffix = "-quick" if self.quick else "-full" if self.full else ""
+        return [Path(self.runs_dir) / f"digits-{m}-seed{seed}{suffix}.h5" for m in self.labels]
 
     def all_runs(self) -> list[Path]:
         return [p for s in self.seeds for p in self.run_paths(s)]
 
     def train_flags(self, method: str, seed: int) -> dict:
         flags = {"dataset": "digits", "method": method, "seed": seed, "device": self.device}
+        if method not in MAIN and not self.full:
+            flags["eval_every"] = 4 if self.quick else ZOO_EVAL_EVERY
         if self.quick:
             flags.update(epochs=8, train_size=100, train_eval_size=100, test_size=200, awp_warmup=2, train_steps=3,
                          eval_steps=3)
         return flags
 
-    def gap_config(self, runs: list[str]) -> GapConfig:
+    def gap_config(self, runs: list[str], zoo: bool = False) -> GapConfig:
+        """How runs are probed: over epochs (AT, AT-AWP), or for the zoo at the checkpoint each reports."""
         return GapConfig(
-            runs=tuple(runs), every=2 if self.quick else 10, dirs=2 if self.quick else 3, alphas="-1:1:7" if self.quick else "-1:1:11",
+            runs=tuple(runs), every=2 if self.quick else 10, epochs="reported" if zoo else None,
+            dirs=2 if self.quick else 3, alphas="-1:1:7" if self.quick else "-1:1:11",
             samples=50 if self.quick else 200, seed=0, device=self.device, out_dir=self.figures_dir,
             prefix="demo", progress=self.progress, overwrite=self.overwrite,
         )
 
+    def probe_config_of(self, label: str, run: str) -> GapConfig:
+        return self.gap_config([run], zoo=label not in MAIN)
 
-def default_workers(seeds: tuple[int, ...], device: str) -> int:
+
+def default_workers(seeds: tuple[int, ...], device: str, full: bool = False) -> int:
     """One process per usable CPU core, at most one per run; one on a GPU."""
     from awp.config import resolve_device
-    from landscape.pipeline.dist import usable_cpus
+    from awp.distributed import usable_cpus
 
     if resolve_device(device).type == "cuda":
         return 1
-    return max(1, min(usable_cpus(), len(seeds) * len(method_labels())))
+    return max(1, min(usable_cpus(), len(seeds) * len(DemoConfig(full=full).labels)))
 
 
 def _train_one(cfg: DemoConfig, method: str, seed: int, path: Path, console: Console) -> None:
@@ -127,7 +151,7 @@ def _prepare_run(cfg: DemoConfig, method: str, seed: int, path: str) -> str:
 
     torch.set_num_threads(1)
     _train_one(cfg, method, seed, Path(path), Console(quiet=True))
-    probe_run(cfg.gap_config([path]), path)
+    probe_run(cfg.probe_config_of(method, path), path)
     return path
 
 
@@ -138,12 +162,14 @@ def _prepare_all(cfg: DemoConfig, console: Console) -> list[str]:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import active_children, get_context
 
-    jobs = [(m, s, str(p)) for s in cfg.seeds for m, p in zip(method_labels(), cfg.run_paths(s))]
+    # The slowest first (RST trains on twice the examples), so the pool does not end on one long run.
+    jobs = [(m, s, str(p)) for s in cfg.seeds for m, p in zip(cfg.labels, cfg.run_paths(s))]
+    jobs.sort(key=lambda j: (j[0] not in MAIN, not j[0].startswith("rst")))
     if cfg.workers <= 1:
         for method, seed, path in jobs:
             console.rule(f"training {method}, seed {seed}")
             _train_one(cfg, method, seed, Path(path), console)
-        return [p for _, _, p in jobs]
+        return [str(p) for p in cfg.all_runs()]
     console.rule(f"training and probing {len(jobs)} runs in {cfg.workers} processes")
     t0, finished, stopping, signalled = time.perf_counter(), 0, False, False
     with graceful_stop(), ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
@@ -176,10 +202,10 @@ def _prepare_all(cfg: DemoConfig, console: Console) -> list[str]:
     if stopping:
         raise Interrupted(f"stopped with {finished} of {len(jobs)} runs ready; every finished epoch and landscape "
                           f"point is kept")
-    return [p for _, _, p in jobs]
+    return [str(p) for p in cfg.all_runs()]
 
 
-FIGURES = ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png")
+FIGURES = ("demo-curves.png", "demo-landscapes.png", "demo-gap-vs-sharpness.png", "demo-methods.png")
 
 
 def check_outputs(cfg: DemoConfig) -> str:
@@ -312,23 +338,38 @@ def _fly_vs_fixed(a: RunAnalysis, gap_cfg: GapConfig, device: str) -> Claim:
     return cl.on_the_fly_above_fixed(a.landscapes.values["adv_loss"][last], fixed.values["adv_loss"][0], a.landscapes.alphas)
 
 
+def label_of(a: RunAnalysis) -> str:
+    return TrainConfig.from_dict(a.curves.config).label
+
+
 def seed_claims(analyses: list[RunAnalysis], gap_cfg: GapConfig, seed: int, device: str,
                 console: Console | None = None) -> list[Claim]:
-    """The paper's findings, judged on one seed's runs: (1), (2a), (3), (4)."""
-    by = {TrainConfig.from_dict(a.curves.config).label: a for a in analyses}
+    """The paper's findings, judged on one seed's runs: (1), (2a), (3), (4) on AT and AT-AWP, and (5)
+    on the Figure 1(b) methods present, each at the checkpoint it reports."""
+    by = {label_of(a): a for a in analyses}
     at, awp = by.get("at"), by.get("at-awp")
     correct = Correctness(device)
     sharp = gap_cfg.sharpness
     out = []
     if at is not None and at.curves.last_epoch is not None:
         out.append(_overfitting(at, correct, sharp, seed, console))
-    out.append(cl.within_epochs(gap_tests(analyses, sharp, seed).within))
+    out.append(cl.within_epochs(gap_tests([by[m] for m in MAIN if m in by], sharp, seed).within))
     if at is not None and awp is not None:
         out.append(cl.awp_helps(_checkpoint(at, at.curves.last_epoch, correct, sharp),
                                 _checkpoint(awp, awp.curves.last_epoch, correct, sharp), sharpness=sharp, seed=seed))
     if at is not None:
         out.append(_fly_vs_fixed(at, gap_cfg, device))
+    zoo = {m: by[m] for m in PAPER_ZOO if m in by}
+    if at is not None and zoo:
+        out.append(cl.methods_flatter(_checkpoint(at, at.curves.final_epoch, correct, sharp),
+                                      {m: _checkpoint(a, a.curves.final_epoch, correct, sharp) for m, a in zoo.items()},
+                                      sharpness=sharp, seed=seed))
     return out
+
+
+def tested(analyses: list[RunAnalysis]) -> list[RunAnalysis]:
+    """The runs the across-run test uses: every method of the paper's Figure 1(b), AT and AT-AWP; not natural."""
+    return [a for a in analyses if label_of(a) in MAIN + PAPER_ZOO or label_of(a).removesuffix("-awp") in PAPER_ZOO]
 
 
 def study_claims(per_seed: dict[int, list[Claim]], tests: GapTests) -> list[Claim]:
@@ -356,21 +397,24 @@ def _pm(value: float, se: float, fmt: str = ".3f") -> str:
 
 
 def print_table(analyses: list[RunAnalysis], sharp: str, console: Console) -> None:
-    table = Table(box=box.SIMPLE_HEAD, title="digits: best and last test robust accuracy, final gap and sharpness (± se)")
-    for col in ("method", "seed", "best epoch", "best test rob.", "last test rob.", "last test nat.", "final gap",
-                f"final {sharp}"):
+    table = Table(box=box.SIMPLE_HEAD, title="digits: best test robust accuracy; test accuracy, gap and sharpness at "
+                                             "the epoch each run reports (± se)")
+    for col in ("method", "seed", "best epoch", "best test rob.", "reported epoch", "test rob.", "test nat.", "gap",
+                sharp):
         table.add_column(col, justify="left" if col == "method" else "right")
     for a in analyses:
         c = a.curves
-        b, l = c.best_epoch, c.last_epoch
+        b, l = c.best_epoch, c.final_epoch
         s, g = a.final(sharp)
         se = a.sharpness_se[sharp][a.epochs == l]
         acc = [(c.at(e, v), float(proportion_se(c.at(e, v), c.n_test))) for e, v in
                ((b, c.test_adv), (l, c.test_adv), (l, c.test_nat))]
-        table.add_row(c.label, str(c.config.get("seed")), str(b), *(_pm(v, e) for v, e in acc),
+        (bv, be), *rest = acc
+        table.add_row(c.label, str(c.config.get("seed")), str(b), _pm(bv, be), str(l), *(_pm(v, e) for v, e in rest),
                       _pm(g, c.at(l, c.gap_se), "+.3f"), _pm(s, float(se[0]) if len(se) else np.nan))
     console.print(table)
-    console.print("best epoch: by test robust accuracy (the paper's choice, in the run file); claim (1) chooses it "
+    console.print("reported epoch: the last; for AT-ES the best on its validation split (early stopping). "
+                  "best epoch: by test robust accuracy (the paper's choice, in the run file); claim (1) chooses it "
                   "again on half of the test set and measures it on the other half. ± se: over examples (binomial "
                   "for accuracies and the gap; PGD-on-the-fly noise for the sharpness, whose spread over directions "
                   "the claims add).", soft_wrap=True, highlight=False)
@@ -428,24 +472,29 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoOutcome:
     torch.set_num_threads(1)  # the digits models are tiny: one thread is as fast and keeps the machine usable
     runs = _prepare_all(cfg, console)
     console.rule("weight loss landscapes (PGD on the fly)")
+    labels = [m for _ in cfg.seeds for m in cfg.labels]
+    probe_console = console if cfg.progress else None
+    analyses = [RunAnalysis(run_curves(r), probe_run(cfg.probe_config_of(m, r), r, probe_console)) for m, r in zip(labels, runs)]
     gap_cfg = cfg.gap_config(runs)
-    analyses = analyse(gap_cfg, console if cfg.progress else None)
     sharp = gap_cfg.sharpness
-    n = len(method_labels())
+    n = len(cfg.labels)
     by_seed = {s: analyses[i * n:(i + 1) * n] for i, s in enumerate(cfg.seeds)}
     console.rule("measuring the claims")
-    per_seed = {s: seed_claims(a, gap_cfg, s, cfg.device, console if cfg.progress else None) for s, a in by_seed.items()}
-    tests = gap_tests(analyses, sharp)
+    per_seed = {s: seed_claims(a, gap_cfg, s, cfg.device, probe_console) for s, a in by_seed.items()}
+    main = [a for a in analyses if label_of(a) in MAIN]
+    tests = gap_tests(tested(analyses), sharp)
     study = study_claims(per_seed, tests)
     out = Path(cfg.figures_dir)
-    first = by_seed[cfg.seeds[0]]
+    first = [a for a in by_seed[cfg.seeds[0]] if label_of(a) in MAIN]
     with signed(fig_tag):
         files = [
             figures.learning_curves_png([a.curves for a in first], out / FIGURES[0]),
             figures.landscapes_png(first, out / FIGURES[1]),
-            figures.scatter_png(analyses, sharp, tests, out / FIGURES[2]),
+            figures.scatter_png(main, sharp, gap_tests(main, sharp), out / FIGURES[2]),
+            figures.methods_png(analyses, sharp, tests, out / FIGURES[3]),
         ]
-    files.append(write_report(gap_cfg, cfg.report, title="AWP weight-loss-landscape demo on digits", analyses=analyses))
+    files.append(write_report(gap_cfg, cfg.report, title="AWP weight-loss-landscape demo on digits", analyses=analyses,
+                              tests=tests))
     console.rule("results")
     print_table(analyses, sharp, console)
     print_claims(per_seed, study, console)

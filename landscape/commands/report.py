@@ -56,7 +56,10 @@ def accuracy_table(analyses: list[RunAnalysis]) -> str:
     rows = []
     for a in analyses:
         c = a.curves
-        for which, e in (("best", c.best_epoch), ("last", c.last_epoch)):
+        marks = [("best", c.best_epoch), ("last", c.last_epoch)]
+        if c.final_epoch != c.last_epoch:
+            marks.append(("reported (early-stopped)", c.final_epoch))
+        for which, e in marks:
             if e is None:
                 continue
             rows.append(
@@ -108,6 +111,12 @@ def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, t
                               "all directions share (at α = 0 every direction is w, so s = 0).</p>"))
     sections.append(Section("Robust generalization gap vs sharpness",
                             fig_html(figures.scatter_fig(analyses, sharpness, tests)) + tests_table(tests)))
+    if len({figures.method_of(a) for a in analyses}) > 1:
+        sections.append(Section("Across methods (Figure 1b): each run at the checkpoint it reports",
+                                fig_html(figures.methods_fig(analyses, sharpness, tests))
+                                + "<p class=note>One point per run (seed); AT-ES at its early-stopped epoch, every other "
+                                  "method at its last. The Spearman test across runs uses the runs of the test table "
+                                  "above (independent trainings as units).</p>"))
     planes = [(a, p) for a in analyses for p in find_planes(a.curves.path)]
     if planes:
         body = ""
@@ -132,13 +141,15 @@ def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, t
 
 
 def write_report(cfg: GapConfig, out: str | Path, title: str = "Weight loss landscape report",
-                 analyses: list[RunAnalysis] | None = None) -> Path:
+                 analyses: list[RunAnalysis] | None = None, tests: GapTests | None = None) -> Path:
     """Analyse the runs (reusing cached landscapes) and write the page atomically; every output is
-    checked before anything is computed."""
+    checked before anything is computed. `tests`: the gap-vs-sharpness tests to show (default: over
+    every run)."""
     out = Path(out)
     tag = check_report(cfg, out) if analyses is None else provenance("report", cfg.runs, out.parent)
     analyses = analyses if analyses is not None else analyse(cfg)
-    page = build_report(analyses, gap_tests(analyses, cfg.sharpness, cfg.seed), cfg.sharpness, title)
+    tests = tests if tests is not None else gap_tests(analyses, cfg.sharpness, cfg.seed)
+    page = build_report(analyses, tests, cfg.sharpness, title)
     with signed(tag):
         return save_text(page, out)
 

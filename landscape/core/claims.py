@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from landscape.core.stats import (
-    FAILS, HOLDS, NOT_MEASURABLE, NOT_SIGNIFICANT, CorrelationTest, Estimate, gap_change, paired_bootstrap_diff,
-    t_interval, verdict, welch_interval,
+    FAILS, HOLDS, NOT_MEASURABLE, NOT_SIGNIFICANT, CorrelationTest, Estimate, gap_change, gap_change_unpaired_train, paired_bootstrap_diff,
+    seeds_interval, t_interval, verdict, welch_interval,
 )
 
 ORDER = (FAILS, NOT_MEASURABLE, NOT_SIGNIFICANT, HOLDS)  # weakest first
@@ -156,6 +156,28 @@ def awp_helps(at: Checkpoint, awp: Checkpoint, *, sharpness: str = "rise", seed:
     return claim
 
 
+def methods_flatter(at: Checkpoint, others: dict[str, Checkpoint], *, sharpness: str = "rise", seed: int = 0) -> Claim:
+    """(5) Figure 1(b): every other method (TRADES, MART, RST, AT-ES) ends with a smaller gap and a flatter
+    landscape than AT, each at the checkpoint it reports (AT-ES's early-stopped one); per method the gap
+    difference is paired over the same examples and the sharpness difference is over independent directions."""
+    claim = Claim("5", f"{', '.join(others) or 'the other methods'} each end with a smaller gap and a flatter landscape than AT")
+    for name, m in others.items():
+        if len(m.train) == len(at.train):
+            gap = gap_change(m.train, at.train, m.test, at.test, seed=seed)
+            how = "bootstrap over training and test examples, each paired"
+        else:  # AT-ES trained on what its validation split left: other training examples
+            gap = gap_change_unpaired_train(m.train, at.train, m.test, at.test, seed=seed)
+            how = "bootstrap over test examples, paired, and the two training sets, independently"
+        claim.parts.append(difference(f"gap {name} - AT", gap, f"{how}; epochs {m.epoch} vs {at.epoch}", sign=-1))
+        claim.parts.append(difference(f"{sharpness} {name} - AT",
+                                      welch_interval(m.sharpness, at.sharpness, float(np.hypot(m.sharpness_se, at.sharpness_se))),
+                                      f"Welch t interval over {len(m.sharpness)} + {len(at.sharpness)} random directions, "
+                                      f"example noise added", sign=-1))
+    if not others:
+        claim.parts.append(unmeasurable("gap and sharpness against AT", "no other method was trained"))
+    return claim
+
+
 def on_the_fly_above_fixed(fly: np.ndarray, fixed: np.ndarray, alphas: np.ndarray) -> Claim:
     """(4) the on-the-fly landscape lies above the fixed-adversarial-example one (Section 3, Figure 2):
     fly, fixed: [D, A] adversarial loss of the same checkpoint along the same directions."""
@@ -175,12 +197,15 @@ def across_seeds(per_seed: Sequence[Claim]) -> Claim:
     for i, part in enumerate(first.parts):
         parts = [c.parts[i] for c in per_seed if i < len(c.parts)]
         values = np.array([p.estimate.value for p in parts if p.estimate is not None])
+        # each seed's standard error from its own 95% interval (NaN where it has none)
+        ses = np.array([(p.estimate.hi - p.estimate.lo) / (2 * 1.959964) for p in parts if p.estimate is not None])
         if len(values) < 2:
             why = "; ".join(sorted({p.note for p in parts if p.estimate is None})) or "not measured"
             claim.parts.append(Part(part.what, None, "", combine([p.status for p in parts]), part.sign,
                                     f"measured in {len(values)} of {len(parts)} seeds ({why})"))
             continue
-        claim.parts.append(difference(part.what, t_interval(values),
-                                      f"mean of {len(values)} seeds, t interval over seeds", part.sign,
+        claim.parts.append(difference(part.what, seeds_interval(values, ses),
+                                      f"mean of {len(values)} seeds, t interval over seeds (its se at least the "
+                                      f"seeds' own)", part.sign,
                                       note="per seed: " + ", ".join(f"{v:+.3f}" for v in values)))
     return claim

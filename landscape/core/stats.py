@@ -248,6 +248,23 @@ def gap_change(train_a: np.ndarray, train_b: np.ndarray, test_a: np.ndarray, tes
     return Estimate(value, float(ci.low), float(ci.high))
 
 
+def gap_change_unpaired_train(train_a: np.ndarray, train_b: np.ndarray, test_a: np.ndarray, test_b: np.ndarray, *,
+                              n_boot: int = 5000, seed: int = 0) -> Estimate:
+    """gap(a) - gap(b) when a and b were measured on different training examples (AT-ES trains on what its
+    validation split leaves) but the same test examples: the two training sets resampled independently,
+    the test examples resampled in pairs."""
+    tr_a, tr_b = np.asarray(train_a, dtype=float), np.asarray(train_b, dtype=float)
+    te = _pairs(test_a, test_b)
+    d_te = te[0] - te[1]
+    value = float(tr_a.mean() - tr_b.mean() - d_te.mean())
+    if np.ptp(tr_a) == 0 and np.ptp(tr_b) == 0 and np.ptp(d_te) == 0:
+        return Estimate(value, value, value)
+    ci = st.bootstrap((tr_a, tr_b, d_te), lambda u, v, w, axis=-1: u.mean(axis) - v.mean(axis) - w.mean(axis),
+                      n_resamples=n_boot, method="percentile", confidence_level=LEVEL,
+                      random_state=np.random.default_rng(seed), vectorized=True).confidence_interval
+    return Estimate(value, float(ci.low), float(ci.high))
+
+
 def t_interval(values: np.ndarray, extra_se: float = 0.0) -> Estimate:
     """The mean of independent units (random directions, seeds) with a Student-t 95% interval; with
     `extra_se`, a standard error from another source (e.g. examples) added in quadrature. NaN bounds
@@ -261,6 +278,23 @@ def t_interval(values: np.ndarray, extra_se: float = 0.0) -> Estimate:
         return Estimate(m, math.nan, math.nan)
     se = math.sqrt(v.var(ddof=1) / len(v) + extra_se**2)
     half = float(st.t.ppf(0.5 + LEVEL / 2, len(v) - 1)) * se
+    return Estimate(m, m - half, m + half)
+
+
+def seeds_interval(values: np.ndarray, unit_se: np.ndarray) -> Estimate:
+    """The mean of per-seed estimates with a Student-t 95% interval over seeds, whose standard error is
+    never below what the seeds' own noise implies, sqrt(sum se_i^2) / n: with few seeds the spread over
+    them can be 0 by chance (accuracies move in steps of 1/N), and an interval of width 0 would claim a
+    certainty no seed had. `unit_se`: each estimate's standard error (NaN: unknown, no floor from it)."""
+    v, se = np.asarray(values, dtype=float), np.asarray(unit_se, dtype=float)
+    keep = np.isfinite(v)
+    v, se = v[keep], se[keep]
+    if len(v) < 2:
+        return t_interval(v)
+    m = float(v.mean())
+    floor = math.sqrt(float(np.nansum(se**2))) / len(v)
+    total = max(math.sqrt(v.var(ddof=1) / len(v)), floor)
+    half = float(st.t.ppf(0.5 + LEVEL / 2, len(v) - 1)) * total
     return Estimate(m, m - half, m + half)
 
 

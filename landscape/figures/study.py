@@ -207,8 +207,9 @@ def landscape_slider_fig(a: RunAnalysis):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_lines(tests: GapTests) -> list[str]:
-    """What the scatter says about its tests: statistic, interval, p and units, or why there is none."""
+def test_lines(tests) -> list[str]:
+    """What a scatter says about its tests (an iterable of `CorrelationTest`): statistic, interval, p and
+    units, or why there is none."""
     lines = []
     for t in tests:
         if t.estimate is None:
@@ -261,6 +262,74 @@ def scatter_fig(analyses: list[RunAnalysis], sharpness: str, tests: GapTests):
         ))
     fig.update_layout(
         title=dict(text="Robust generalization gap vs sharpness<br><sup>" + "<br>".join(test_lines(tests)) + "</sup>"),
+        xaxis_title=sharpness_label(sharpness), yaxis_title="robust generalization gap", height=620,
+        margin=dict(t=190), title_y=0.97, title_yanchor="top",
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) Figure 1(b) across methods: one point per run at the checkpoint it reports, one cloud per method
+# ---------------------------------------------------------------------------------------------
+
+
+def method_of(a: RunAnalysis) -> str:
+    """The run's method label, without the gamma the legend adds: "at-awp (γ=0.01)" -> "at-awp"."""
+    return a.curves.label.split(" (")[0]
+
+
+def _method_points(analyses: list[RunAnalysis], sharpness: str) -> dict[str, list[tuple[float, float, float, float, str]]]:
+    """method -> [(sharpness, its se, gap, its se, run name)] at each run's reported checkpoint."""
+    out: dict[str, list[tuple[float, float, float, float, str]]] = {}
+    for a in analyses:
+        at = np.flatnonzero(a.epochs == a.curves.final_epoch)
+        if not len(at):
+            continue
+        i = at[0]
+        out.setdefault(method_of(a), []).append((float(a.sharpness[sharpness][i]), float(a.sharpness_se[sharpness][i]),
+                                                float(a.gap[i]), float(a.gap_se[i]), a.curves.path.stem))
+    return out
+
+
+def methods_png(analyses: list[RunAnalysis], sharpness: str, tests: GapTests, path: Path) -> Path:
+    """Figure 1(b): robust generalization gap against sharpness at the checkpoint each run reports (the
+    last; AT-ES's early-stopped one), one colour per method, one point per run (seed); the test across
+    runs in the caption."""
+    fig, ax = plt.subplots(figsize=(7.4, 5.2))
+    for i, (method, pts) in enumerate(_method_points(analyses, sharpness).items()):
+        x, xe, y, ye, _ = (np.array(v) for v in zip(*pts))
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        ax.errorbar(x, y, xerr=BAND_Z * xe, yerr=BAND_Z * ye, fmt="o", color=colour, ms=7, elinewidth=0.8,
+                    capsize=0, alpha=0.9, label=f"{method} ({len(pts)} run{'s' if len(pts) > 1 else ''})")
+        ax.annotate(method, (float(np.mean(x)), float(np.mean(y))), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8, color=colour)
+    ax.set_xlabel(sharpness_label(sharpness))
+    ax.set_ylabel("robust generalization gap (train − test robust acc.)")
+    ax.set_title("Figure 1(b): gap vs sharpness across methods (each run at the checkpoint it reports)", fontsize=9)
+    ax.legend(frameon=False, fontsize=7, loc="best", title="method (one point per seed)", title_fontsize=7)
+    ax.grid(alpha=0.25)
+    caption = test_lines([tests.across]) + [f"bars: ±{BAND_Z} standard errors over examples (sharpness: PGD on the fly; gap: binomial)"]
+    fig.text(0.01, -0.01, "\n".join(caption), va="top", ha="left", family="monospace", fontsize=7)
+    return _save(fig, path)
+
+
+def methods_fig(analyses: list[RunAnalysis], sharpness: str, tests: GapTests):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (method, pts) in enumerate(_method_points(analyses, sharpness).items()):
+        x, xe, y, ye, names = (list(v) for v in zip(*pts))
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="markers", name=method, text=names,
+            marker=dict(size=11, color=RUN_COLOURS[i % len(RUN_COLOURS)]),
+            error_x=dict(type="data", array=[BAND_Z * e for e in xe], visible=True, thickness=0.8),
+            error_y=dict(type="data", array=[BAND_Z * e for e in ye], visible=True, thickness=0.8),
+            hovertemplate="%{text}<br>sharpness %{x:.4f} ± %{error_x.array:.4f}<br>gap %{y:.3f} ± %{error_y.array:.3f}"
+                          "<extra>" + method + "</extra>",
+        ))
+    fig.update_layout(
+        title=dict(text="Gap vs sharpness across methods (Figure 1b; each run at the checkpoint it reports)<br><sup>"
+                        + "<br>".join(test_lines([tests.across])) + "</sup>"),
         xaxis_title=sharpness_label(sharpness), yaxis_title="robust generalization gap", height=620,
         margin=dict(t=190), title_y=0.97, title_yanchor="top",
     )
