@@ -227,7 +227,8 @@ def train_awp(
     reporter.message(f"# landscape train-awp -> {path}\n{format_toml(cfg)}\n")
     result = train(cfg, path, resume=resume, overwrite=overwrite, reporter=reporter)
     if not quiet:
-        typer.echo("\n".join(summary_lines(result.metrics, result.best_epoch, result.last_epoch, result.best_val_epoch)))
+        typer.echo("\n".join(summary_lines(result.metrics, result.best_epoch, result.last_epoch, result.best_val_epoch,
+                                           open_run(path).reported_epoch)))
         typer.echo(f"run file: {path}")
 
 

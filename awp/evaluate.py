@@ -98,17 +98,10 @@ def batch_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.
     return EvalSums(int(n), nat, exact_count(nat_c), adv, exact_count(adv_c))
 
 
-def evaluate(
-    model: nn.Module,
-    ds: Dataset,
-    attack: AttackConfig,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> dict[str, float]:
-    """Natural and robust loss/accuracy of `model` on `ds` in eval mode; random starts from `seed`."""
-    return evaluate_sums(model, ds, attack, batch_size=batch_size, device=device, seed=seed).reduce()
+def evaluate(model: nn.Module, ds: Dataset, attack: AttackConfig, **kw) -> dict[str, float]:
+    """Natural and robust loss/accuracy of `model` on `ds` in eval mode (`evaluate_sums`' keywords:
+    batch_size, device, seed of the random starts)."""
+    return evaluate_sums(model, ds, attack, **kw).reduce()
 
 
 def evaluate_sums(

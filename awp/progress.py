@@ -3,6 +3,8 @@ epoch always, nothing with `quiet`."""
 
 from __future__ import annotations
 
+import math
+
 import sys
 from collections.abc import Mapping
 
@@ -18,12 +20,16 @@ def epoch_line(epoch: int, epochs: int, row: Mapping[str, float], best_epoch: in
         f"lr {row['lr']:.4g}",
         f"loss {row['fit_loss']:.3f}",
         f"fit nat/adv {row['fit_nat_acc']:.3f}/{row['fit_adv_acc']:.3f}",
-        f"train {row['train_nat_acc']:.3f}/{row['train_adv_acc']:.3f}",
-        f"test {row['test_nat_acc']:.3f}/{row['test_adv_acc']:.3f}",
     ]
+    if math.isfinite(row["test_adv_acc"]):
+        parts += [f"train {row['train_nat_acc']:.3f}/{row['train_adv_acc']:.3f}",
+                  f"test {row['test_nat_acc']:.3f}/{row['test_adv_acc']:.3f}"]
+    else:  # --eval-every: not measured this epoch
+        parts.append("train/test not evaluated")
     if "val_adv_acc" in row:
         parts.append(f"val {row['val_nat_acc']:.3f}/{row['val_adv_acc']:.3f}")
-    parts.append(f"gap {row['gap']:+.3f}")
+    if math.isfinite(row["gap"]):
+        parts.append(f"gap {row['gap']:+.3f}")
     if row.get("awp_on"):
         parts.append("awp")
     parts.append(f"{row['time_train'] + row['time_eval']:.1f}s")

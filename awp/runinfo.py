@@ -44,11 +44,13 @@ def _row_of(metrics: Mapping[str, np.ndarray], epoch: int) -> int | None:
 
 
 def summary_lines(
-    metrics: Mapping[str, np.ndarray], best: int | None, last: int | None, best_val: int | None = None
+    metrics: Mapping[str, np.ndarray], best: int | None, last: int | None, best_val: int | None = None,
+    reported: int | None = None,
 ) -> list[str]:
-    """Best (by test robust accuracy), best by validation when there is one, and last: never best alone.
-    Train robust is shown both ways: eval mode on the fixed training subset (the gap's), and fit (the
-    paper's running minibatch accuracy under the training attack)."""
+    """Best (by test robust accuracy), best by validation when there is one, and last: never best alone;
+    the epoch the run reports (AT-ES: its early-stopped best_val) is marked. Train robust is shown both
+    ways: eval mode on the fixed training subset (the gap's), and fit (the paper's running minibatch
+    accuracy under the training attack)."""
     lines = []
     for label, epoch in (("best", best), ("best_val", best_val), ("last", last)):
         if epoch is None:
@@ -60,6 +62,7 @@ def summary_lines(
         lines.append(
             f"{label:<8} epoch {epoch:>4}: test robust {get('test_adv_acc'):.3f}  natural {get('test_nat_acc'):.3f}  "
             f"train robust {get('train_adv_acc'):.3f} (eval)  {get('fit_adv_acc'):.3f} (fit)  gap {get('gap'):+.3f}"
+            + ("  <- reported (early stopping)" if reported is not None and epoch == reported and reported != last else "")
         )
     if "time_train" in metrics and len(metrics["time_train"]):
         total = float(np.nansum(metrics["time_train"]) + np.nansum(metrics.get("time_eval", 0.0)))
@@ -104,5 +107,6 @@ def info_text(reader: RunReader, every: int = 1) -> str:
     lines.extend(LEGEND)
     lines.extend(metric_table(reader, every))
     lines.append("")
-    lines.extend(summary_lines(reader.metrics(), reader.best_epoch, reader.last_epoch, reader.best_val_epoch))
+    lines.extend(summary_lines(reader.metrics(), reader.best_epoch, reader.last_epoch, reader.best_val_epoch,
+                               reader.reported_epoch))
     return "\n".join(lines)

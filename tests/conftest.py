@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,6 +23,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
         [sys.executable, "-m", "cli", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+@contextlib.contextmanager
+def held_elsewhere(path: Path):
+    """`path`'s lock (`awp.safeio.exclusive`) held by another process for the block: what only a worker
+    meets after every check of the launching process passed. Yields the holding process."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from awp.safeio import exclusive\nimport time\nwith exclusive({str(path)!r}):\n"
+                               f"    print('held', flush=True)\n    time.sleep(120)"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def one_line(excinfo: pytest.ExceptionInfo, *needles: str) -> str:

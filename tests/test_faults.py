@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import held_elsewhere, ROOT, run_cli
 from test_train import assert_same_run
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -315,17 +315,9 @@ def test_a_user_error_inside_workers_is_one_line_and_exit_2(run_file, tmp_path):
     """The launcher validates first; what only a worker can find (here: the results file taken by
     another process after the checks) still ends the whole command with one line."""
     out = tmp_path / "w.h5"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from awp.safeio import exclusive\nimport time\nwith exclusive({str(out)!r}):\n"
-                               f"    print('held', flush=True)\n    time.sleep(120)"],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_elsewhere(out) as holder:
         r = run_cli("plot2d", str(run_file), "--grid", "3x3", "--samples", "30", "--pgd", "1", "--device", "cpu", "-q",
                     "-o", str(out), "--workers", "2", cwd=tmp_path)
-    finally:
-        holder.kill()
-        holder.wait()
     assert r.returncode == 2, r.stderr
     line = one_error_line(r.stderr)
     assert "another process" in line and f"pid {holder.pid}" in line

@@ -181,7 +181,6 @@ def test_method_flags_are_stored_and_other_methods_flags_refused(tmp_path):
     assert open_run(tmp_path / "t.h5").config["method_params"] == {"beta": 3.0}
     cases = [
         (["--method", "mart", "--trades-beta", "3"], "--trades-beta is an option of method 'trades', but this run's method is 'mart'"),
-        (["--method", "trades", "--trades-beta", "x"], "parameter 'beta' of method 'trades' must be a finite number >= 0, got 'x'"),
         (["--method", "rst", "--rst-fraction", "1.5"], "parameter 'fraction' of method 'rst' must be a number in [0, 1)"),
         (["--method", "at-es", "--val-split", "0"], "method 'at-es' chooses its epoch on a validation split"),
     ]
@@ -204,3 +203,26 @@ def test_unlabeled_sets_of_the_wrong_shape_or_form_are_one_line(tmp_path):
             get_method("rst").prepared(resolve_config({"method": "rst", **TINY, "method_params": {"unlabeled": spec}}),
                                        data, torch.device("cpu"))
         one_line(e, needle)
+
+
+def test_at_es_reports_its_validation_best_and_eval_every_changes_no_weight(tmp_path):
+    """AT-ES's reported epoch is its best on the validation split, and it has train/test numbers even
+    when --eval-every skips its epoch; --eval-every changes what is measured, never a weight."""
+    flags = {"method": "at-es", "epochs": 6, "train_size": 100, "train_eval_size": 50, "test_size": 100,
+             "train_steps": 2, "eval_steps": 2, "save_every": 1}
+    every = train(resolve_config({**flags, "eval_every": 4}), tmp_path / "every4.h5")
+    each = train(resolve_config(flags), tmp_path / "every1.h5")
+    r4, r1 = open_run(tmp_path / "every4.h5"), open_run(tmp_path / "every1.h5")
+    assert r4.reported_epoch == r4.best_val_epoch == r1.best_val_epoch
+    assert r4.resolve_epochs("reported") == [r4.best_val_epoch] and r4.best_val_epoch in r4.resolve_epochs("every:100")
+    m = every.metrics
+    measured = np.isfinite(m["test_adv_acc"])
+    val = m["val_adv_acc"]
+    new_best = np.array([v > np.max(val[:i], initial=-np.inf) for i, v in enumerate(val)])
+    assert np.isfinite(val).all()  # the validation split every epoch
+    assert (measured == ((m["epoch"] % 4 == 0) | (m["epoch"] == 6) | new_best)).all()
+    assert measured[m["epoch"] == r4.reported_epoch].all()
+    for e in range(1, 7):
+        a, b = r4.state_dict(e), r1.state_dict(e)
+        assert all(torch.equal(a[k], b[k]) for k in a), e
+    np.testing.assert_array_equal(every.metrics["test_adv_acc"][measured], each.metrics["test_adv_acc"][measured])

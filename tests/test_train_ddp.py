@@ -32,7 +32,7 @@ from awp.errors import UserError
 from awp.store import open_run
 from awp.train import train
 from awp.trainconfig import resolve_config
-from conftest import ROOT, run_cli
+from conftest import held_elsewhere, ROOT, run_cli
 from test_train import TIME_COLUMNS, assert_same_run
 
 # 60 training images in batches of 20 (10 per rank), PGD-2, 2 epochs: seconds.
@@ -212,17 +212,9 @@ def test_a_user_error_only_a_worker_meets_is_one_line_and_exit_2(tmp_path):
     """The launcher checks everything first; the run file taken by another process after that is met by
     rank 0, and the whole command still ends with its one line (the other rank stops without a word)."""
     out = tmp_path / "w.h5"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from awp.safeio import exclusive\nimport time\nwith exclusive({str(out)!r}):\n"
-                               f"    print('held', flush=True)\n    time.sleep(120)"],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_elsewhere(out) as holder:
         args = [a for k, v in TINY.items() for a in (f"--{k.replace('_', '-')}", str(v))]
         r = run_cli("train-awp", *args, "-q", "-o", str(out), "--workers", "2", cwd=tmp_path)
-    finally:
-        holder.kill()
-        holder.wait()
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stdout + r.stderr

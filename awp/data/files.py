@@ -183,17 +183,22 @@ def _labels(y: np.ndarray, key: str, path: Path, n: int, x_key: str) -> torch.Te
     return torch.from_numpy(y.astype(np.int64))
 
 
-def _load_npz(path: Path) -> Splits:
-    """Arrays `x` [N, C, H, W] (float in [0, 1] or uint8) and `y` [N] (integer labels): one set, used as
-    both the train and the test split (the command picks the split it needs); or `x_train`, `y_train`,
-    `x_test`, `y_test`. num_classes is the largest label + 1. Read with allow_pickle=False."""
+def _open_npz(path: Path, accepted: str) -> np.lib.npyio.NpzFile:
+    """The .npz archive at `path`, read with allow_pickle=False; else one line (`accepted`: the layouts)."""
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UserError(f"{str(path)!r} is not a readable .npz archive ({' '.join(str(e).split())})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise UserError(f"{str(path)!r} holds a single array (.npy), not an .npz archive; accepted: {NPZ_LAYOUTS}")
-    with z:
+        raise UserError(f"{str(path)!r} holds a single array (.npy), not an .npz archive; accepted: {accepted}")
+    return z
+
+
+def _load_npz(path: Path) -> Splits:
+    """Arrays `x` [N, C, H, W] (float in [0, 1] or uint8) and `y` [N] (integer labels): one set, used as
+    both the train and the test split (the command picks the split it needs); or `x_train`, `y_train`,
+    `x_test`, `y_test`. num_classes is the largest label + 1. Read with allow_pickle=False."""
+    with _open_npz(path, NPZ_LAYOUTS) as z:
         keys = set(z.files)
         one, two = ("x", "y"), ("x_train", "y_train", "x_test", "y_test")
         if set(two) <= keys and keys & set(one):
@@ -366,13 +371,7 @@ def load_images(name: str) -> torch.Tensor:
     kind, path = _split_name(name)
     _check_exists(kind, path, name)
     if kind == "npz":
-        try:
-            z = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise UserError(f"{str(path)!r} is not a readable .npz archive ({' '.join(str(e).split())})") from None
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise UserError(f"{str(path)!r} holds a single array (.npy), not an .npz archive; accepted: {UNLABELED_FORMS}")
-        with z:
+        with _open_npz(path, UNLABELED_FORMS) as z:
             key = next((k for k in ("x", "x_train") if k in z.files), None)
             if key is None:
                 raise UserError(f"{str(path)!r} has no array x or x_train (it has {', '.join(sorted(z.files)) or 'none'}); "

@@ -79,11 +79,14 @@ def run_label(config: dict) -> str:
 
 
 def run_curves(path: str | Path, label: str | None = None) -> RunCurves:
+    """A run's per-epoch robustness at the epochs that measured it (all, or every --eval-every-th)."""
     reader = open_run(path)
     m = reader.metrics()
     if len(m.get("epoch", [])) == 0:
         raise UserError(f"{str(path)!r} has no finished epoch yet")
     data = reader.data()
+    keep = np.isfinite(m["test_adv_acc"])  # the epochs that measured train/test robustness (--eval-every)
+    m = {k: v[keep] for k, v in m.items() if len(v) == len(keep)}
     return RunCurves(
         Path(path), label or run_label(reader.config), reader.config, m["epoch"].astype(int), m["train_adv_acc"],
         m["test_adv_acc"], m["test_nat_acc"], m["train_nat_acc"], reader.best_epoch, reader.last_epoch,
