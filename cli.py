@@ -76,7 +76,7 @@ def download(
 @app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A reduced study in well under a minute (what the tests run).")] = False,
-    full: Annotated[bool, typer.Option("--full", help="The fuller study: the zoo's AWP variants too (TRADES-, MART-, RST-, AT-ES-AWP) and every run evaluated every epoch (about 25 min on 2 CPU cores with three seeds).")] = False,
+    full: Annotated[bool, typer.Option("--full", help="The fuller study: the zoo's AWP variants too (TRADES-, MART-, RST-, AT-ES-AWP) and every run evaluated every epoch (seeds 0,1,2: about 35-40 min on 2 CPU cores, estimated from the default demo's per-run times, not timed end to end).")] = False,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Independent trainings, e.g. 0,1,2: each claim is judged per seed and with the seeds as units (default 0,1; --full 0,1,2).")] = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the run files go.")] = Path("runs/demo"),
     figures_dir: Annotated[Path, typer.Option("--figures-dir", help="Where the PNG figures go.")] = Path("figures"),

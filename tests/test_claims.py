@@ -119,7 +119,7 @@ def test_over_seeds_an_interval_is_never_narrower_than_the_seeds_own_noise():
     """Two seeds with the same estimate by chance (accuracies move in steps of 1/N) must not give an
     interval of width 0; on null data with quantized estimates the false-positive rate stays nominal,
     while a bare t interval over the seeds would exceed it."""
-    part = lambda v: Part("gap x - AT", Estimate(v, v - 0.095, v + 0.095), "m", "not significant", -1)
+    part = lambda v: Part("gap x - AT", Estimate(v, v - 0.095, v + 0.095, 0.048), "m", "not significant", -1)
     c = cl.across_seeds([Claim("5", "t", [part(0.025)]), Claim("5", "t", [part(0.025)])])
     assert c.parts[0].status == "not significant" and c.parts[0].estimate.hi - c.parts[0].estimate.lo > 0.1
     from landscape.core.stats import seeds_interval, t_interval

@@ -197,8 +197,7 @@ def across_seeds(per_seed: Sequence[Claim]) -> Claim:
     for i, part in enumerate(first.parts):
         parts = [c.parts[i] for c in per_seed if i < len(c.parts)]
         values = np.array([p.estimate.value for p in parts if p.estimate is not None])
-        # each seed's standard error from its own 95% interval (NaN where it has none)
-        ses = np.array([(p.estimate.hi - p.estimate.lo) / (2 * 1.959964) for p in parts if p.estimate is not None])
+        ses = np.array([p.estimate.se for p in parts if p.estimate is not None])  # each seed's own (NaN: unknown)
         if len(values) < 2:
             why = "; ".join(sorted({p.note for p in parts if p.estimate is None})) or "not measured"
             claim.parts.append(Part(part.what, None, "", combine([p.status for p in parts]), part.sign,

@@ -35,11 +35,12 @@ HOLDS, FAILS, NOT_SIGNIFICANT, NOT_MEASURABLE = "holds", "fails", "not significa
 
 @dataclass(frozen=True)
 class Estimate:
-    """A statistic with its 95% interval."""
+    """A statistic with its 95% interval and, where the method gives one, its standard error."""
 
     value: float
     lo: float
     hi: float
+    se: float = math.nan
 
     def __str__(self) -> str:
         return f"{self.value:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]"
@@ -227,9 +228,10 @@ def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int = 5000, s
     d = a - b
     if np.ptp(d) == 0:  # every example differs by the same amount: no spread to resample
         return Estimate(float(d.mean()), float(d[0]), float(d[0]))
-    ci = st.bootstrap((d,), np.mean, n_resamples=n_boot, method="percentile", confidence_level=LEVEL,
-                      random_state=np.random.default_rng(seed)).confidence_interval
-    return Estimate(float(d.mean()), float(ci.low), float(ci.high))
+    res = st.bootstrap((d,), np.mean, n_resamples=n_boot, method="percentile", confidence_level=LEVEL,
+                       random_state=np.random.default_rng(seed))
+    return Estimate(float(d.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high),
+                    float(res.standard_error))
 
 
 def gap_change(train_a: np.ndarray, train_b: np.ndarray, test_a: np.ndarray, test_b: np.ndarray, *,
@@ -242,10 +244,10 @@ def gap_change(train_a: np.ndarray, train_b: np.ndarray, test_a: np.ndarray, tes
     value = float(d_tr.mean() - d_te.mean())
     if np.ptp(d_tr) == 0 and np.ptp(d_te) == 0:
         return Estimate(value, value, value)
-    ci = st.bootstrap((d_tr, d_te), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), n_resamples=n_boot,
-                      method="percentile", confidence_level=LEVEL, random_state=np.random.default_rng(seed),
-                      vectorized=True).confidence_interval
-    return Estimate(value, float(ci.low), float(ci.high))
+    res = st.bootstrap((d_tr, d_te), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), n_resamples=n_boot,
+                       method="percentile", confidence_level=LEVEL, random_state=np.random.default_rng(seed),
+                       vectorized=True)
+    return Estimate(value, float(res.confidence_interval.low), float(res.confidence_interval.high), float(res.standard_error))
 
 
 def gap_change_unpaired_train(train_a: np.ndarray, train_b: np.ndarray, test_a: np.ndarray, test_b: np.ndarray, *,
@@ -259,10 +261,10 @@ def gap_change_unpaired_train(train_a: np.ndarray, train_b: np.ndarray, test_a: 
     value = float(tr_a.mean() - tr_b.mean() - d_te.mean())
     if np.ptp(tr_a) == 0 and np.ptp(tr_b) == 0 and np.ptp(d_te) == 0:
         return Estimate(value, value, value)
-    ci = st.bootstrap((tr_a, tr_b, d_te), lambda u, v, w, axis=-1: u.mean(axis) - v.mean(axis) - w.mean(axis),
-                      n_resamples=n_boot, method="percentile", confidence_level=LEVEL,
-                      random_state=np.random.default_rng(seed), vectorized=True).confidence_interval
-    return Estimate(value, float(ci.low), float(ci.high))
+    res = st.bootstrap((tr_a, tr_b, d_te), lambda u, v, w, axis=-1: u.mean(axis) - v.mean(axis) - w.mean(axis),
+                       n_resamples=n_boot, method="percentile", confidence_level=LEVEL,
+                       random_state=np.random.default_rng(seed), vectorized=True)
+    return Estimate(value, float(res.confidence_interval.low), float(res.confidence_interval.high), float(res.standard_error))
 
 
 def t_interval(values: np.ndarray, extra_se: float = 0.0) -> Estimate:
@@ -278,14 +280,15 @@ def t_interval(values: np.ndarray, extra_se: float = 0.0) -> Estimate:
         return Estimate(m, math.nan, math.nan)
     se = math.sqrt(v.var(ddof=1) / len(v) + extra_se**2)
     half = float(st.t.ppf(0.5 + LEVEL / 2, len(v) - 1)) * se
-    return Estimate(m, m - half, m + half)
+    return Estimate(m, m - half, m + half, se)
 
 
 def seeds_interval(values: np.ndarray, unit_se: np.ndarray) -> Estimate:
     """The mean of per-seed estimates with a Student-t 95% interval over seeds, whose standard error is
-    never below what the seeds' own noise implies, sqrt(sum se_i^2) / n: with few seeds the spread over
-    them can be 0 by chance (accuracies move in steps of 1/N), and an interval of width 0 would claim a
-    certainty no seed had. `unit_se`: each estimate's standard error (NaN: unknown, no floor from it)."""
+    never below what the seeds' own measurement noise implies, sqrt(sum se_i^2) / n (the variance over
+    seeds holds that noise plus the training randomness, so this bound is valid): with few seeds the
+    spread over them can be 0 by chance (accuracies move in steps of 1/N), and an interval of width 0
+    would claim a certainty no seed had. `unit_se`: each estimate's standard error (NaN: none known)."""
     v, se = np.asarray(values, dtype=float), np.asarray(unit_se, dtype=float)
     keep = np.isfinite(v)
     v, se = v[keep], se[keep]
@@ -295,7 +298,7 @@ def seeds_interval(values: np.ndarray, unit_se: np.ndarray) -> Estimate:
     floor = math.sqrt(float(np.nansum(se**2))) / len(v)
     total = max(math.sqrt(v.var(ddof=1) / len(v)), floor)
     half = float(st.t.ppf(0.5 + LEVEL / 2, len(v) - 1)) * total
-    return Estimate(m, m - half, m + half)
+    return Estimate(m, m - half, m + half, total)
 
 
 def welch_interval(a: np.ndarray, b: np.ndarray, extra_se: float = 0.0) -> Estimate:
@@ -311,10 +314,10 @@ def welch_interval(a: np.ndarray, b: np.ndarray, extra_se: float = 0.0) -> Estim
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb + extra_se**2)
     if se == 0:
-        return Estimate(m, m, m)
+        return Estimate(m, m, m, 0.0)
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
     half = float(st.t.ppf(0.5 + LEVEL / 2, dof)) * se
-    return Estimate(m, m - half, m + half)
+    return Estimate(m, m - half, m + half, se)
 
 
 def verdict(est: Estimate | None, sign: int = +1) -> str:
