@@ -496,7 +496,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoOutcome:
             figures.learning_curves_png([a.curves for a in first], out / FIGURES[0]),
             figures.landscapes_png(first, out / FIGURES[1]),
             figures.scatter_png(main, sharp, gap_tests(main, sharp), out / FIGURES[2]),
-            figures.methods_png(analyses, sharp, tests, out / FIGURES[3]),
+            figures.methods_png(analyses, sharp, tests, out / FIGURES[3],
+                                note="natural: drawn, not in the test (its robust accuracy is ~0 on both splits)"),
         ]
     files.append(write_report(gap_cfg, cfg.report, title="AWP weight-loss-landscape demo on digits", analyses=analyses,
                               tests=tests))

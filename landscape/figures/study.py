@@ -291,7 +291,7 @@ def _method_points(analyses: list[RunAnalysis], sharpness: str) -> dict[str, lis
     return out
 
 
-def methods_png(analyses: list[RunAnalysis], sharpness: str, tests: GapTests, path: Path) -> Path:
+def methods_png(analyses: list[RunAnalysis], sharpness: str, tests: GapTests, path: Path, note: str = "") -> Path:
     """Figure 1(b): robust generalization gap against sharpness at the checkpoint each run reports (the
     last; AT-ES's early-stopped one), one colour per method, one point per run (seed); the test across
     runs in the caption."""
@@ -308,7 +308,7 @@ def methods_png(analyses: list[RunAnalysis], sharpness: str, tests: GapTests, pa
     ax.set_title("Figure 1(b): gap vs sharpness across methods (each run at the checkpoint it reports)", fontsize=9)
     ax.legend(frameon=False, fontsize=7, loc="best", title="method (one point per seed)", title_fontsize=7)
     ax.grid(alpha=0.25)
-    caption = test_lines([tests.across]) + [f"bars: ±{BAND_Z} standard errors over examples (sharpness: PGD on the fly; gap: binomial)"]
+    caption = test_lines([tests.across]) + ([note] if note else []) + [f"bars: ±{BAND_Z} standard errors over examples (sharpness: PGD on the fly; gap: binomial)"]
     fig.text(0.01, -0.01, "\n".join(caption), va="top", ha="left", family="monospace", fontsize=7)
     return _save(fig, path)
 
