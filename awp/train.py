@@ -203,15 +203,12 @@ def train_epoch(
         first_lr = lr if first_lr is None else first_lr
         for group in opt.param_groups:
             group["lr"] = lr
+        xs, ys = (x, y) if dp is None else dp.shard(x, y)
+        r = train_step(model, opt, method, xs, ys, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
+                       bn_clean=cfg.bn_clean, method_params=cfg.method_params, fit=None if dp is None else dp.fit,
+                       reduce_grads=None if dp is None else dp.reduce_grads)  # find_perturbation: the global batch's v
         stop = False
-        if dp is None:
-            r = train_step(model, opt, method, x, y, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
-                           bn_clean=cfg.bn_clean, method_params=cfg.method_params)
-        else:
-            xs, ys = dp.shard(x, y)
-            r = train_step(model, opt, method, xs, ys, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
-                           bn_clean=cfg.bn_clean, method_params=cfg.method_params, fit=dp.fit,
-                           reduce_grads=dp.reduce_grads)  # find_perturbation: the global batch's v
+        if dp is not None:
             loss_sum, nat, adv, n, stops = distributed.all_sum(dp.ctx, [r.loss_sum, r.nat_correct, r.adv_correct, r.n, stop_requested()])
             r, stop = StepResult(loss_sum, int(nat), int(adv), int(n)), stops > 0
         if not math.isfinite(r.loss_sum):

@@ -5,6 +5,7 @@ Each method lives in its own module of `awp.methods` and registers itself here."
 
 from __future__ import annotations
 
+import functools
 import inspect
 import keyword
 import math
@@ -96,10 +97,12 @@ class Bound:
     loss: TrainingLoss  # loss(model, x, x_adv, y) -> LossOutput
 
 
-def _accepts(fn: Callable[..., Any] | None) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _accepts(fn: Callable[..., Any] | None) -> frozenset[str]:
+    """The keyword-only parameters `fn` declares (cached: `bind` runs at every training step)."""
     if fn is None:
         return set()
-    return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    return frozenset(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
 
 
 def _given(fn: Callable[..., Any], values: Mapping[str, Any]) -> Callable[..., Any]:
