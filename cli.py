@@ -110,36 +110,51 @@ _R = "Run file"
 _M = "Method options (each for its own --method; also --method-params JSON)"
 
 
+def with_extra_options(command, name: str, extra: list, pack):
+    """`command` with the typer options `extra` (inspect.Parameters) besides its own; it receives the
+    values typer parsed for them as one argument `name` = pack({option: value})."""
+    import functools
+    import inspect
+
+    own = inspect.signature(command, eval_str=True)
+    added = {p.name for p in extra}
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**{k: v for k, v in kwargs.items() if k not in added},
+                       **{name: pack({k: v for k, v in kwargs.items() if k in added})})
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own.parameters.values() if p.name != name]
+    params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra]
+    wrapper.__signature__ = own.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 def with_method_flags(command):
     """Give `command` one --METHOD-PARAM option per parameter a registered method declares (built from
     the registry, e.g. --trades-beta, --mart-lambda); it receives the given ones as
     `method_flags` = {method: {param: text}}."""
-    import functools
     import inspect
 
     from awp.methods import method_flag_params, param_flag
 
     table = method_flag_params()
-    own = inspect.signature(command, eval_str=True)
 
-    @functools.wraps(command)
-    def wrapper(**kwargs):
+    def pack(values: dict) -> dict[str, dict[str, str]]:
         given: dict[str, dict[str, str]] = {}
-        for name, (method, param) in table.items():
-            if kwargs.get(name) is not None:
-                given.setdefault(method, {})[param.name] = kwargs[name]
-        return command(**{k: v for k, v in kwargs.items() if k not in table}, method_flags=given)
+        for name, value in values.items():
+            if value is not None:
+                method, param = table[name]
+                given.setdefault(method, {})[param.name] = value
+        return given
 
     extra = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
             param_flag(method, p.name), help=f"{method}: {p.help} (default {p.default!r}).", rich_help_panel=_M)])
         for name, (method, p) in table.items()
     ]
-    params = [p for p in own.parameters.values() if p.name != "method_flags"]
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params] + extra
-    wrapper.__signature__ = own.replace(parameters=params)
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper
+    return with_extra_options(command, "method_flags", extra, pack)
 
 
 _PO = "Output and processes"
@@ -348,21 +363,10 @@ def _landscape_flags(
 def with_landscape_flags(command):
     """Give a landscape command the flags of `_landscape_flags` besides its own; it receives them, as
     parsed by typer, in one dict `flags` (turned into `LandscapeOptions` fields by `_options`)."""
-    import functools
     import inspect
 
     shared = inspect.signature(_landscape_flags, eval_str=True).parameters
-    own = inspect.signature(command, eval_str=True)
-
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        return command(**{k: v for k, v in kwargs.items() if k not in shared},
-                       flags={k: v for k, v in kwargs.items() if k in shared})
-
-    params = [p for p in own.parameters.values() if p.name != "flags"] + list(shared.values())
-    wrapper.__signature__ = own.replace(parameters=params)
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper
+    return with_extra_options(command, "flags", list(shared.values()), dict)
 
 
 def _options(ckpt: Path, flags: dict) -> dict:
