@@ -463,6 +463,55 @@ def plot2d(
     _run_landscape(Plot2DConfig(**_options(ckpt, flags), grid=grid, range=span), plan, run_plot2d, flags["oversubscribe"])
 
 
+# ---- eval
+
+_E = "Attacks (the paper's Tables 1-3)"
+
+
+def _aa_versions():
+    from awp.robustness.autoattack import AA_VERSIONS
+
+    return AA_VERSIONS.choices("AAVersion")
+
+
+AAVersion = _aa_versions()
+
+
+@app.command("eval")
+def eval_command(
+    ckpt: CkptArg = None,
+    attacks: Annotated[str, typer.Option("--attacks", help="Comma-separated: natural, fgsm, pgdK (pgd = pgd20), cwK (cw = cw100: CW-inf, PGD on the CW margin), autoattack (pip install 'awp-landscape\\[autoattack]'). natural is always run.", rich_help_panel=_E)] = "natural,fgsm,pgd20,pgd100,cw",
+    epoch: EpochOpt = "last",
+    model: ModelOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: LDataDirOpt = Path("data"),
+    eps: Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 8/255 (default: the run's training eps).", rich_help_panel=_E)] = None,
+    norm: NormOpt = None,
+    step_size: Annotated[Optional[str], typer.Option("--step-size", help="PGD/CW step (default eps/4: the paper's 2/255 at 8/255).", rich_help_panel=_E)] = None,
+    restarts: Annotated[int, typer.Option("--restarts", help="Random restarts of PGD and CW; an example counts as robust only if no restart fools the model.", rich_help_panel=_E)] = 1,
+    aa_version: Annotated[AAVersion, typer.Option("--aa-version", help="AutoAttack version (standard is RobustBench's).", rich_help_panel=_E)] = AAVersion.standard,
+    samples: Annotated[int, typer.Option("--samples", help="Fixed class-stratified test subset; 0 = the whole test set.", rich_help_panel=_PD)] = 0,
+    batch_size: BatchOpt = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --samples and of every random start.", rich_help_panel=_E)] = 0,
+    device: LDeviceOpt = "auto",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON results (default beside CKPT: NAME-eval.json); per-example results beside it (.examples.h5), which an interrupted run resumes from.", rich_help_panel=_PO)] = None,
+    overwrite: ResumeOverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Robust accuracy under FGSM, PGD-K, CW-inf and AutoAttack, per example and the worst case over them; JSON with RobustBench's fields; resumable."""
+    from awp.config import parse_fraction
+    from landscape.commands.evaluate import EvalConfig, run_eval
+
+    run_eval(EvalConfig(
+        checkpoint=str(ckpt) if ckpt is not None else None, attacks=attacks, epochs=epoch, arch=model,
+        arch_kwargs=_kwargs_json(model_kwargs), dataset=dataset, data_dir=str(data_dir),
+        eps=parse_fraction(eps, "--eps") if eps is not None else None, norm=norm.value if norm else None,
+        step_size=parse_fraction(step_size, "--step-size") if step_size is not None else None, restarts=restarts,
+        samples=samples, batch_size=batch_size, seed=seed, aa_version=aa_version.value, device=device,
+        out=str(out) if out else None, overwrite=overwrite, progress=not quiet))
+
+
 # ---- gap / report
 
 _GL = "Landscapes (probed every K epochs, cached beside each run)"

@@ -109,4 +109,10 @@ def info_text(reader: RunReader, every: int = 1) -> str:
     lines.append("")
     lines.extend(summary_lines(reader.metrics(), reader.best_epoch, reader.last_epoch, reader.best_val_epoch,
                                reader.reported_epoch))
+    evaluations = reader.evaluations()
+    if evaluations:
+        from awp.robustness.record import summary_line
+
+        lines += ["", "# robustness evaluations (landscape eval; robust acc % [95% CI over test examples])"]
+        lines += [summary_line(r) for r in evaluations]
     return "\n".join(lines)

@@ -10,6 +10,8 @@ Layout (format "awp-landscape-run", version 1):
     /weights/best, /last, /best_val   hard links to the matching epoch_NNNN group
     /resume/tensors/<key>     optimizer state (by parameter name) and RNG state, as tensors
     /resume                   attrs: epoch, state (JSON: optimizer param groups, schedule, seeds)
+    /evaluations/<key>        attrs: record (JSON: one `landscape eval` of one epoch under one setting,
+                                     `awp.robustness.record`); key = epoch and a hash of the settings
 
 Every change is a transaction: the file is copied to `<run>.tmp`, changed there, flushed, fsynced and
 moved over the run with `os.replace`, so a `kill -9` at any moment leaves the old or the new complete
@@ -500,6 +502,21 @@ class RunReader:
         data = self.data()
         return data.train_plain, data.test
 
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The robustness evaluations recorded in the file (`landscape eval`), oldest first; a record that
+        cannot be read is skipped (it is a report, not what the run depends on)."""
+        with self._open() as f:
+            g = f.get("evaluations")
+            out = []
+            for key in (g if isinstance(g, h5py.Group) else {}):
+                try:
+                    rec = json.loads(g[key].attrs["record"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+        return sorted(out, key=lambda r: str(r.get("evaluated", "")))
+
     def resume_state(self) -> ResumeState | None:
         """The optimizer/RNG state saved with the last epoch, or None before the first epoch."""
         with self._open() as f:
@@ -510,6 +527,28 @@ class RunReader:
                 return ResumeState(int(r.attrs["epoch"]), read_tensors(r["tensors"]), json.loads(r.attrs["state"]))
             except (OSError, KeyError, AttributeError, TypeError, ValueError) as e:
                 raise self.damaged(f"its resume state cannot be read ({type(e).__name__}: {e})") from None
+
+
+def evaluation_key(record: Mapping[str, Any]) -> str:
+    """Where a record goes in /evaluations: one per (epoch, settings); re-evaluating replaces it."""
+    import hashlib
+
+    settings = {k: record.get(k) for k in ("settings", "attacks")}
+    settings["attacks"] = {n: a.get("settings") for n, a in (settings["attacks"] or {}).items()}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    epoch = (record.get("checkpoint") or {}).get("epoch")
+    return f"epoch_{epoch:04d}_{digest}" if isinstance(epoch, int) else f"none_{digest}"
+
+
+def add_evaluation(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Record one evaluation of one of the run's epochs in the run file (its own transaction, under the
+    run's lock: a run still training refuses, naming the process)."""
+    with exclusive(path), transaction(path) as f:
+        g = f.require_group("evaluations")
+        key = evaluation_key(record)
+        if key in g:
+            del g[key]
+        g.create_group(key).attrs["record"] = json.dumps(record, sort_keys=True, default=str)
 
 
 def open_run(path: str | Path) -> RunReader:

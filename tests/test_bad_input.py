@@ -91,6 +91,7 @@ TINY: dict[str, tuple[tuple[str, str], ...]] = {
     "plot2d": (("--grid", "3x3"), ("--samples", "10"), ("--pgd", "1")),
     "gap": (("--dirs", "1"), ("--alphas", "-1:1:3"), ("--samples", "10"), ("--pgd", "1")),
     "report": (("--dirs", "1"), ("--alphas", "-1:1:3"), ("--samples", "10"), ("--pgd", "1")),
+    "eval": (("--attacks", "fgsm"), ("--samples", "10"), ("--out", "ev.json")),
 }
 ALIASES = {"-o": "--out", "-q": "--quiet"}
 
@@ -328,9 +329,25 @@ ROWS: list[Row] = [
     Row("plot2d-epoch-all", CONTRA, cmd("plot2d", "run.h5", "--epoch", "all"), ("all",)),
     Row("plot2d-ckpt-and-from", CONTRA, raw("plot2d", "run.h5", "--from", "p2d.h5"), ("--from",)),
     Row("plot2d-dataset-contradicts-pt", CONTRA, cmd("plot2d", "model.pt", "--dataset", "cifar10"), ("cifar10",)),
+
+    # -- 7. landscape eval
+    Row("eval-unknown-attack", VALUE, cmd("eval", "run.h5", "--attacks", "pgd20,deepfool"), ("deepfool", "pgdK", "autoattack")),
+    Row("eval-attack-twice", VALUE, cmd("eval", "run.h5", "--attacks", "pgd20,pgd20"), ("pgd20", "twice")),
+    Row("eval-fgsm-with-steps", VALUE, cmd("eval", "run.h5", "--attacks", "fgsm5"), ("fgsm5",)),
+    Row("eval-pgd0", VALUE, cmd("eval", "run.h5", "--attacks", "pgd0"), ("pgd0",)),
+    Row("eval-eps-above-1", VALUE, cmd("eval", "run.h5", "--eps", "8"), ("8", "/255")),
+    Row("eval-eps-negative", VALUE, cmd("eval", "run.h5", "--eps", "-0.1"), ("-0.1",)),
+    Row("eval-samples-above-test-set", VALUE, cmd("eval", "run.h5", "--samples", "100000"), ("100000", "test set")),
+    Row("eval-restarts-0", VALUE, cmd("eval", "run.h5", "--restarts", "0"), ("--restarts", "0")),
+    Row("eval-aa-version", VALUE, cmd("eval", "run.h5", "--aa-version", "fast"), ("fast", "standard")),
+    Row("eval-o-not-json", VALUE, cmd("eval", "run.h5", "-o", "ev.h5"), ("ev.h5", ".json")),
+    Row("eval-o-is-run", SAME, cmd("eval", "run.h5", "-o", "run.h5"), ("run.h5",)),
+    Row("eval-registry-model-without-ckpt", CONTRA, cmd("eval", "--model", "smallcnn", "--dataset", "digits"), ("smallcnn", "random weights")),
+    Row("eval-no-ckpt", CONTRA, cmd("eval"), ("CKPT", "--model")),
+    Row("eval-text-as-pt", FILES, cmd("eval", "text.pt"), ("text.pt",)),
 ]
 
-COMMANDS = ("train-awp", "info", "export", "probe", "plot2d", "gap", "report", "demo", "download", "presets")
+COMMANDS = ("train-awp", "info", "export", "probe", "plot2d", "gap", "report", "demo", "download", "presets", "eval")
 
 
 # ---------------------------------------------------------------------------------------------

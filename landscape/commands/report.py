@@ -89,6 +89,27 @@ def tests_table(tests: GapTests) -> str:
             f"last epoch, one point per run.</p>")
 
 
+def evaluations_table(analyses: list[RunAnalysis]) -> str:
+    """Every `landscape eval` recorded in the runs: each attack's robust accuracy, its 95% interval over
+    test examples, and the per-example worst case over the attacks."""
+    from awp.robustness.record import summary_rows
+    from awp.store import open_run
+
+    rows = []
+    for a in analyses:
+        for r in open_run(a.curves.path).evaluations():
+            cells = "".join(f"<td class=num>{html.escape(name)} {html.escape(v)}</td>" for name, v in summary_rows(r))
+            rows.append(f"<tr><td>{html.escape(a.curves.label)}</td><td>{html.escape(r['checkpoint'].get('label', ''))}</td>"
+                        f"<td>{html.escape(r['threat_model'])} {html.escape(r['eps'])}</td>"
+                        f"<td class=num>{r['n_examples']}</td>{cells}</tr>")
+    if not rows:
+        return ""
+    return ("<table><tr><th>run</th><th>weights</th><th>threat</th><th>examples</th><th colspan=8>robust accuracy % "
+            f"[95% CI] per attack</th></tr>{''.join(rows)}</table><p class=note>From <code>landscape eval</code>; "
+            "intervals: Wilson, over test examples. The worst case counts an example robust only if every attack "
+            "fails on it.</p>")
+
+
 @dataclass
 class Section:
     title: str
@@ -102,6 +123,9 @@ def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, t
         return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
     sections = [Section("Best and last accuracy", accuracy_table(analyses))]
+    evaluated = evaluations_table(analyses)
+    if evaluated:
+        sections.append(Section("Robustness evaluations (FGSM, PGD, CW, AutoAttack)", evaluated))
     sections.append(Section("Learning curves", fig_html(figures.learning_curves_fig([a.curves for a in analyses]))))
     sections.append(Section("Weight loss landscapes (1-D, PGD on the fly; slider: epoch; bands: ±1.96 SE)",
                             "".join(fig_html(figures.landscape_slider_fig(a)) for a in analyses)

@@ -9,15 +9,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class PointBar:
-    """Points done of `total`, elapsed time and ETA; disabled (silent) when not `enabled`."""
+    """Points (or other `unit`s) done of `total`, elapsed time and ETA; disabled (silent) when not `enabled`."""
 
-    def __init__(self, total: int, enabled: bool, description: str = "landscape") -> None:
+    def __init__(self, total: int, enabled: bool, description: str = "landscape", unit: str = "points",
+                 completed: int = 0) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=Console(stderr=True), disable=not enabled, transient=False,
         )
-        self.task = self.progress.add_task(description, total=total)
+        self.task = self.progress.add_task(description, total=total, completed=completed)
 
     def __enter__(self) -> "PointBar":
         self.progress.start()

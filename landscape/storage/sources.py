@@ -186,6 +186,37 @@ def open_pt_source(path: Path, epochs: str, arch: str | None, dataset: str | Non
 
 
 # ---------------------------------------------------------------------------------------------
+# A model without a checkpoint file (MODULE:CALLABLE that loads its own weights, robustbench:NAME)
+# ---------------------------------------------------------------------------------------------
+
+
+def open_model_source(arch: str | None, dataset: str | None, data_dir: str = "data",
+                      arch_kwargs: Mapping[str, Any] | None = None) -> Source:
+    """The model `arch` builds as it is: `MODULE:CALLABLE` (your builder loads its weights) or
+    `robustbench:NAME` (the zoo's); a registry name has no weights without a checkpoint and is refused."""
+    from awp.data import dataset_info
+    from awp.models.external import ROBUSTBENCH_PREFIX, check_model_output, is_import_spec
+
+    kwargs = dict(arch_kwargs or {})
+    if arch is None:
+        raise UserError("missing CKPT (a run file or .pt), or --model MODULE:CALLABLE or robustbench:NAME")
+    zoo = arch.startswith(ROBUSTBENCH_PREFIX)
+    if not (zoo or is_import_spec(arch)):
+        raise UserError(f"--model {arch!r} without CKPT would have random weights; give a checkpoint, or a model "
+                        f"that loads its own: MODULE:CALLABLE or robustbench:NAME")
+    dataset = dataset or (kwargs.get("dataset") if zoo else None)
+    if dataset is None:
+        raise UserError(f"--model {arch!r} needs --dataset (the data it classifies)")
+    info = dataset_info(dataset)
+    model = create_model(arch, info.num_classes, info.in_channels, info.mean, info.std, **kwargs).eval()
+    if not zoo:
+        check_model_output(model, arch, info.num_classes, info.input_shape)
+    sha = weights_sha256(model.state_dict())
+    ckpt = Checkpoint(CheckpointId(arch, None, sha, arch), lambda device: model.to(device).eval())
+    return Source("model", Path(arch), arch, dataset, [ckpt], None, lambda: _plain_datasets(dataset, data_dir))
+
+
+# ---------------------------------------------------------------------------------------------
 # Dispatch
 # ---------------------------------------------------------------------------------------------
 
