@@ -146,7 +146,8 @@ def test_report_renders_in_chromium(demo, tmp_path):
     assert shot.stat().st_size > 20_000
 
 
-def test_report_includes_2d_landscapes_of_its_runs(demo, tmp_path):
+def test_report_includes_2d_landscapes_and_evaluations_of_its_runs(demo, tmp_path):
+    from landscape.commands.evaluate import EvalConfig, run_eval
     from landscape.commands.plot2d import Plot2DConfig, run_plot2d
     from landscape.commands.report import write_report
 
@@ -155,6 +156,10 @@ def test_report_includes_2d_landscapes_of_its_runs(demo, tmp_path):
     runs = sorted(str(p) for p in (d / "runs").glob("digits-at*-seed*-quick.h5") if "-at-es-" not in str(p))
     run_plot2d(Plot2DConfig(checkpoint=runs[0], grid="3x3", steps=1, samples=20, device="cpu",
                             out=str(Path(runs[0]).with_name("twod.h5")), progress=False))
+    run_eval(EvalConfig(checkpoint=runs[0], attacks="fgsm,pgd3", samples=30, device="cpu",
+                        out=str(tmp_path / "ev.json"), progress=False))
     page = write_report(cfg.gap_config(runs), tmp_path / "r.html").read_text()
+    evaluations = page.split("<h2>Robustness evaluations")[1].split("<h2>")[0]
+    assert evaluations.count("<tr><td>") == 1 and "pgd3" in evaluations and "worst case" in evaluations
     section = page.split("<h2>2-D landscapes</h2>")[1].split("<h2>")[0]
     assert section.count('class="plotly-graph-div') == 1  # the one 2-D result of these runs
