@@ -126,3 +126,17 @@ def run_evaluation(
             save()
             last_save = time.perf_counter()
     return True
+
+
+def evaluate_model(model: nn.Module, ds: Dataset, attacks: str = "natural,fgsm,pgd20", *, eps: float = 8 / 255,
+                   norm: str = "linf", step_size: float | None = None, restarts: int = 1, aa_version: str = "standard",
+                   batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu") -> Evaluation:
+    """The library form of `landscape eval` for your own model (pixels in [0, 1]) and Dataset of (x, y):
+    `ev.tallies["pgd20"].accuracy()`, `ev.overall()` (per example, worst case over `attacks`)."""
+    from awp.robustness.attacks import parse_attacks
+
+    threat = Threat(norm=norm, eps=eps, step_size=eps / 4 if step_size is None else step_size, restarts=restarts,
+                    aa_version=aa_version)
+    evaluation = Evaluation(parse_attacks(attacks), threat)
+    run_evaluation(model, ds, evaluation, batch_size=batch_size, seed=seed, device=device)
+    return evaluation
