@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean bench-attacks
 
 venv: $(VENV)/.installed
 
@@ -20,5 +20,14 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# Our PGD against torchattacks' (installed only in .venv-bench, never a dependency of the project).
+.venv-bench/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet -e . torchattacks
+	touch $@
+
+bench-attacks: .venv-bench/.installed
+	.venv-bench/bin/python bench/attack_peers.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-bench build *.egg-info
