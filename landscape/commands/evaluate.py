@@ -23,6 +23,7 @@ from awp.robustness.record import FORMAT, FORMAT_VERSION, evaluation_record, pct
 from awp.safeio import atomic_write, check_output, exclusive
 from awp.stopping import graceful_stop
 from landscape.pipeline.progress import PointBar
+from landscape.commands.options import threat_radius
 from landscape.storage.examples import ExampleResults, open_or_resume
 from landscape.storage.sources import Source, open_model_source, open_source
 
@@ -69,15 +70,7 @@ class EvalConfig:
 def resolve_threat(cfg: EvalConfig, trained: AttackConfig | None, source: str) -> Threat:
     """--eps/--norm/--step-size, defaulting to the training threat model the file records; the PGD step
     defaults to eps/4 (the paper's test attacks: 2/255 at 8/255), not the training step."""
-    norm = cfg.norm or (trained.norm if trained else "linf")
-    if cfg.eps is None:
-        if trained is None:
-            raise UserError(f"{source!r} does not record its threat model; give --eps (and --norm)")
-        if norm != trained.norm:
-            raise UserError(f"--norm {norm} differs from the training threat model ({trained.norm}); give --eps too")
-        eps = trained.eps
-    else:
-        eps = cfg.eps
+    norm, eps, _ = threat_radius(cfg.norm, cfg.eps, trained, source, "--eps (and --norm)")
     step = cfg.step_size if cfg.step_size is not None else eps / 4
     l2_start = trained.l2_start if trained is not None else AttackConfig.l2_start
     AttackConfig(norm=norm, eps=eps, step_size=step, steps=1, l2_start=l2_start)  # the one range check of eps

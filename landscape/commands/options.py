@@ -73,22 +73,30 @@ class LandscapeOptions:
             raise UserError(f"-o {self.out!r} names the results file; give it a .h5 suffix (figures go beside it)")
 
 
+def threat_radius(norm: str | None, eps: float | None, trained: AttackConfig | None, source: str,
+                  give: str) -> tuple[str, float, bool]:
+    """(norm, eps, taken from the file): the given --norm/--eps, defaulting to the training threat model
+    the file records; `give` names the flags to give when it records none."""
+    norm = norm or (trained.norm if trained else "linf")
+    if eps is not None:
+        return norm, eps, False
+    if trained is None:
+        raise UserError(f"{source!r} does not record its training threat model; give {give}")
+    if norm != trained.norm:
+        raise UserError(f"--norm {norm} differs from the training threat model ({trained.norm}); give --eps too")
+    return norm, trained.eps, True
+
+
 def resolve_attack(cfg: LandscapeOptions, trained: AttackConfig | None, source: str) -> AttackConfig:
     """--eps/--pgd-step/--norm, defaulting to the training threat model the file records (its L2 random
     start included; the reference's for a file that records none)."""
-    norm = cfg.norm or (trained.norm if trained else "linf")
     if cfg.steps == 0 and cfg.eps is None and trained is None:  # the natural landscape needs no radius
-        return AttackConfig(norm=norm, eps=0.0, step_size=0.0, steps=0)
-    if cfg.eps is None:
-        if trained is None:
-            raise UserError(f"{source!r} does not record its training threat model; give --eps (and --norm, --pgd-step)")
-        if norm != trained.norm:
-            raise UserError(f"--norm {norm} differs from the training threat model ({trained.norm}); give --eps too")
-        eps = trained.eps
-        step = cfg.step_size if cfg.step_size is not None else trained.step_size
-    else:
-        eps = cfg.eps
-        step = cfg.step_size if cfg.step_size is not None else eps / 4  # the paper's 2/255 for 8/255
+        return AttackConfig(norm=cfg.norm or "linf", eps=0.0, step_size=0.0, steps=0)
+    norm, eps, from_file = threat_radius(cfg.norm, cfg.eps, trained, source, "--eps (and --norm, --pgd-step)")
+    if cfg.step_size is not None:
+        step = cfg.step_size
+    else:  # the training step, or the paper's 2/255 for 8/255
+        step = trained.step_size if from_file and trained is not None else eps / 4
     l2_start = trained.l2_start if trained is not None else AttackConfig.l2_start
     return AttackConfig(norm=norm, eps=eps, step_size=step, steps=cfg.steps, l2_start=l2_start)
 
