@@ -467,6 +467,8 @@ def plot2d(
 
 _E = "Attacks (the paper's Tables 1-3)"
 
+from awp.robustness.attacks import DEFAULT_ATTACKS  # noqa: E402
+
 
 def _aa_versions():
     from awp.robustness.autoattack import AA_VERSIONS
@@ -480,7 +482,7 @@ AAVersion = _aa_versions()
 @app.command("eval")
 def eval_command(
     ckpt: CkptArg = None,
-    attacks: Annotated[str, typer.Option("--attacks", help="Comma-separated: natural, fgsm, pgdK (pgd = pgd20), cwK (cw = cw100: CW-inf, PGD on the CW margin), autoattack (pip install 'awp-landscape\\[autoattack]'). natural is always run.", rich_help_panel=_E)] = "natural,fgsm,pgd20,pgd100,cw",
+    attacks: Annotated[str, typer.Option("--attacks", help="Comma-separated: natural, fgsm, pgdK (pgd = pgd20), cwK (cw = cw100: CW-inf, PGD on the CW margin), autoattack (pip install 'awp-landscape\\[autoattack]'). natural is always run.", rich_help_panel=_E)] = DEFAULT_ATTACKS,
     epoch: EpochOpt = "last",
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from awp.attacks import AttackConfig, LossFn, cross_entropy, fgsm, margin, pgd, random_start
 from awp.errors import UserError
+from awp.evaluate import correct_per_example
 from awp.registry import Registry
 
 
@@ -38,9 +39,13 @@ class Threat:
     aa_version: str = "standard"
 
 
+DEFAULT_ATTACKS = "natural,fgsm,pgd20,pgd100,cw"  # the paper's white-box columns (Table 2); add autoattack
+
+
 def correct(logits: Tensor, y: Tensor) -> Tensor:
-    """True where argmax(logits) == y and every logit is finite (NaN logits predict nothing)."""
-    return (logits.argmax(1) == y) & torch.isfinite(logits).all(1)
+    """`awp.evaluate.correct_per_example` as bool: True where argmax(logits) == y and every logit is
+    finite (NaN logits predict nothing)."""
+    return correct_per_example(logits, y) == 1
 
 
 # An attack run: (model in eval mode, x [B, ...], y [B], clean-correct [B], threat, steps, generator) ->
@@ -97,14 +102,13 @@ def _autoattack(model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, threat: T
 
 @dataclass(frozen=True)
 class Family:
-    """An attack family: what it is, its default steps (None: it takes no step count), whether
-    `--restarts` applies, and whether it runs on chunks of several batches (AutoAttack) or per batch."""
+    """An attack family: what it is, its default steps (None: it takes no step count), and whether
+    `--restarts` applies."""
 
     summary: str
     run: AttackRun
     default_steps: int | None = None
     restarts: bool = False
-    chunked: bool = False
 
 
 FAMILIES: Registry[Family] = Registry("attack", {
@@ -112,7 +116,7 @@ FAMILIES: Registry[Family] = Registry("attack", {
     "fgsm": Family("FGSM, one step of size eps (Eq. 13)", _fgsm),
     "pgd": Family("PGD-K on cross-entropy with a random start (Eq. 14)", pgd_robust, default_steps=20, restarts=True),
     "cw": Family("CW-inf: PGD-K on the CW margin loss", _cw, default_steps=100, restarts=True),
-    "autoattack": Family("AutoAttack (Croce & Hein 2020) via pyautoattack", _autoattack, chunked=True),
+    "autoattack": Family("AutoAttack (Croce & Hein 2020) via pyautoattack", _autoattack),
 })
 
 

@@ -66,7 +66,7 @@ def evaluation_record(evaluation: Evaluation, *, dataset: str, architecture: str
     (the `natural` tally, or the clean part every attack checks); `options` what else decides the numbers
     (split, samples, seed, batch size)."""
     threat = evaluation.threat
-    overall = evaluation.overall()
+    overall, clean_entry = evaluation.overall(), accuracy_entry(clean)
     attacks = {a.name: {**accuracy_entry(evaluation.tallies[a.name].robust),
                         "seconds": round(evaluation.tallies[a.name].seconds, 3),
                         "settings": a.settings(threat)} for a in evaluation.attacks}
@@ -75,7 +75,7 @@ def evaluation_record(evaluation: Evaluation, *, dataset: str, architecture: str
         "threat_model": THREAT_MODELS.get(threat.norm, threat.norm),
         "eps": eps_text(threat.eps, threat.norm),
         "architecture": architecture,
-        "clean_acc": percent(accuracy_entry(clean)["accuracy"]),
+        "clean_acc": percent(clean_entry["accuracy"]),
         "robust_acc": percent(accuracy_entry(overall)["accuracy"]),
     }
     if any(a.family == "autoattack" for a in evaluation.attacks):
@@ -83,7 +83,7 @@ def evaluation_record(evaluation: Evaluation, *, dataset: str, architecture: str
     record.update({
         "n_examples": int(overall.size),
         "eps_value": threat.eps,
-        "clean": accuracy_entry(clean),
+        "clean": clean_entry,
         "robust": {**accuracy_entry(overall), "worst_case_over": [a.name for a in evaluation.attacks]},
         "attacks": attacks,
         "settings": {**options, "norm": threat.norm, "eps": threat.eps, "step_size": threat.step_size,

@@ -18,6 +18,7 @@ from awp.config import check_nonnegative_int, check_positive_int, check_seed, re
 from awp.data import class_stratified_subset, dataset_labels
 from awp.errors import Interrupted, UserError
 from awp.robustness import Evaluation, Threat, parse_attack, parse_attacks, run_evaluation
+from awp.robustness.attacks import DEFAULT_ATTACKS
 from awp.robustness import autoattack
 from awp.robustness.record import FORMAT, FORMAT_VERSION, evaluation_record, pct as _pct
 from awp.safeio import atomic_write, check_output, exclusive
@@ -27,7 +28,6 @@ from landscape.commands.options import threat_radius
 from landscape.storage.examples import ExampleResults, open_or_resume
 from landscape.storage.sources import Source, open_model_source, open_source
 
-DEFAULT_ATTACKS = "natural,fgsm,pgd20,pgd100,cw"  # the paper's white-box columns (Table 2); add autoattack
 
 
 @dataclass(frozen=True)
