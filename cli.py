@@ -327,6 +327,7 @@ PgdOpt = Annotated[int, typer.Option("--pgd", min=0, help="PGD steps K1 at every
 EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="Radius in pixels, e.g. 8/255.", rich_help_panel=_PA)]
 PgdStepOpt = Annotated[Optional[str], typer.Option("--pgd-step", help="PGD step eta1 (default: the training step, or eps/4).", rich_help_panel=_PA)]
 NormOpt = Annotated[Optional[Norm], typer.Option("--norm", help="Threat model.", rich_help_panel=_PA)]
+PointsOpt = Annotated[str, typer.Option("--points-per-batch", help="Weight points evaluated together in one vmapped pass (torch.func), each with its own PGD; 1 = one at a time; auto: 1 on CPU (no gain measured there), on CUDA up to 16 with P x batch size <= 4096.", rich_help_panel=_PO)]
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Points per process between flushes of the results file (default: one direction for probe, 4 for plot2d).", rich_help_panel=_PO)]
 LDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=_PO)]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Results file (.h5); figures go beside it.", rich_help_panel=_PO)]
@@ -353,7 +354,7 @@ def _landscape_flags(
     data_dir: LDataDirOpt = Path("data"), split: SplitOpt = Split.train, samples: SamplesOpt = 0, batch_size: BatchOpt = 256,
     normalize: NormalizeOpt = DirectionNorm.filter, include_bn: IncludeBnOpt = False, seed: SeedOpt = 0,
     bn: BnOpt = BNMode.eval, bn_batches: BnBatchesOpt = 8, pgd: PgdOpt = 10, eps: EpsOpt = None,
-    pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, workers: WorkersOpt = 1,
+    pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, points_per_batch: PointsOpt = "auto", workers: WorkersOpt = 1,
     oversubscribe: OversubOpt = False, device: LDeviceOpt = "auto", out: OutOpt = None,
     overwrite: ResumeOverwriteOpt = False, quiet: QuietOpt = False,
 ) -> None:
@@ -381,7 +382,7 @@ def _options(ckpt: Path, flags: dict) -> dict:
         bn=f["bn"].value, bn_batches=f["bn_batches"], steps=f["pgd"],
         eps=parse_fraction(f["eps"], "--eps") if f["eps"] is not None else None,
         step_size=parse_fraction(f["pgd_step"], "--pgd-step") if f["pgd_step"] is not None else None,
-        norm=f["norm"].value if f["norm"] else None, chunk=f["chunk"], workers=f["workers"], device=f["device"],
+        norm=f["norm"].value if f["norm"] else None, chunk=f["chunk"], points_per_batch=f["points_per_batch"], workers=f["workers"], device=f["device"],
         out=str(f["out"]) if f["out"] else None, overwrite=f["overwrite"], progress=not f["quiet"],
     )
 

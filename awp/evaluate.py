@@ -72,24 +72,32 @@ def exact_count(v: float) -> int | float:
 SUM_ROW = ("n", "nat_loss", "nat_correct", "adv_loss", "adv_correct", "nat_loss_sq", "adv_loss_sq")
 
 
+def sum_rows(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, points: int = 1) -> torch.Tensor:
+    """`SUM_ROW` sums of each of `points` groups of examples as a float64 [points, 7] tensor on the device:
+    logits [points * B, K] hold the groups one after the other, each over the same labels y [B] (the
+    landscape engine's P weight points). `logits_adv is logits_nat` means no attack: the adversarial
+    loss is then the natural loss, exactly. Correct counts are NaN where logits are not finite."""
+    ys = y.repeat(points)
+    ce_nat = cross_entropy(logits_nat, ys).double().view(points, -1)  # [P, B] per example
+    ce_adv = ce_nat if logits_adv is logits_nat else cross_entropy(logits_adv, ys).double().view(points, -1)
+    ok_nat = correct_per_example(logits_nat, ys).view(points, -1)
+    ok_adv = ok_nat if logits_adv is logits_nat else correct_per_example(logits_adv, ys).view(points, -1)
+    n = torch.full((points,), float(len(y)), dtype=torch.float64, device=ce_nat.device)
+    return torch.stack([n, ce_nat.sum(1), ok_nat.sum(1), ce_adv.sum(1), ok_adv.sum(1),  # Eq. 5 / Alg. 1 line 15
+                        ce_nat.square().sum(1), ce_adv.square().sum(1)], dim=1)
+
+
 @torch.no_grad()
 def batch_sum_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
     """One batch's sums as a float64 row on the device (`SUM_ROW`: count, natural and adversarial
     cross-entropy sums and correct counts, and the sums of squared cross-entropies for standard errors):
     one forward pass over [x; x_adv] (each example's logits do not depend on the batch in eval mode),
-    no host sync. Correct counts are NaN where logits are not finite (argmax would say class 0)."""
+    no host sync."""
     if x_adv is x:  # no attack: the adversarial loss is the natural loss, exactly
         logits_nat = logits_adv = model(x)
     else:
         logits_nat, logits_adv = model(torch.cat([x, x_adv])).split(len(y))
-    ce_nat = cross_entropy(logits_nat, y).double()  # [B] per example
-    ce_adv = ce_nat if logits_adv is logits_nat else cross_entropy(logits_adv, y).double()
-    return torch.stack([
-        torch.tensor(float(len(y)), dtype=torch.float64, device=ce_nat.device),
-        ce_nat.sum(), correct_sum(logits_nat, y).double(),
-        ce_adv.sum(), correct_sum(logits_adv, y).double(),  # Eq. 5 / Alg. 1 line 15 (summed)
-        ce_nat.square().sum(), ce_adv.square().sum(),
-    ])
+    return sum_rows(logits_nat, logits_adv, y)[0]
 
 
 def batch_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> EvalSums:

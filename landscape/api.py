@@ -28,6 +28,7 @@ from awp.errors import UserError
 from landscape.core import engine
 from landscape.core import sharpness as sharp
 from landscape.core.directions import DIRECTIONS, NORMALIZATIONS, random_specs
+from landscape.core.points import parse_points, points_per_pass
 from landscape.pipeline.compute import Job
 from landscape.pipeline.run import Plan, execute
 from landscape.storage.results import CheckpointId, Grid, Landscape, check_size, weights_sha256
@@ -104,10 +105,12 @@ def landscape_model(
     overwrite: bool = False,
     progress: bool = False,
     chunk: int | None = None,
+    points_per_batch: int | str = "auto",
 ) -> Landscape:
     """rho (and the natural loss, both accuracies, their standard errors) at every point of `grid` around
     the model's weights, with PGD on the fly at each (Alg. 1). `out`: flush a results file after every
-    chunk and resume it if it exists with the same settings and weights."""
+    chunk and resume it if it exists with the same settings and weights. `points_per_batch`: weight
+    points per vmapped pass (`landscape.core.points`; 1 = in place, one at a time)."""
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     attack = AttackConfig() if attack is None else attack
@@ -115,6 +118,7 @@ def landscape_model(
     _check(seed, "seed", isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63, "an int in [0, 2**63)")
     _check(batch_size, "batch_size", isinstance(batch_size, int) and batch_size >= 1, "an int >= 1")
     _check(chunk, "chunk", chunk is None or (isinstance(chunk, int) and chunk >= 1), "None or an int >= 1")
+    points = parse_points(points_per_batch)
     _check(normalize, "normalize", normalize in NORMALIZATIONS, f"one of {', '.join(NORMALIZATIONS)}")
     _check(bn, "bn", bn in engine.BN_MODES, f"one of {', '.join(engine.BN_MODES)}")
     check_size(1, grid.dims, grid.shape)
@@ -138,7 +142,9 @@ def landscape_model(
         bn_inputs = engine.clean_inputs(data if bn_data is None else bn_data, batch_size, device) if bn == "recalibrate" else []
         results.runtime["examples"] = sum(len(b.y) for b in batches)
         n = chunk or (len(grid.axis("alpha")) if grid.kind == "curves" else 4)  # about a direction per flush
-        return Job([lambda d: model.to(d).eval()], batches, attack, bn, bn_inputs, fixed_adv, {}, n)
+        p = points_per_pass(points, device, batch_size)
+        results.runtime["points_per_batch"] = p
+        return Job([lambda d: model.to(d).eval()], batches, attack, bn, bn_inputs, fixed_adv, {}, n, points=p)
 
     path = Path(out) if out is not None else None
     with _kept(model):
@@ -151,7 +157,7 @@ def probe_model(model: nn.Module, data: Any, *, alphas: Any = np.linspace(-1, 1,
     """The 1-D landscape rho(w + alpha d_k) along `dirs` random filter-normalized directions (Figure 1,
     Appendix B.2): [checkpoint, direction, alpha]. `alphas` must contain 0. Takes every keyword of
     `landscape_model` (attack, directions, seed, normalize, include_bn, bn, bn_data, fixed_adv,
-    batch_size, device, radius, out, overwrite, progress)."""
+    batch_size, device, radius, out, overwrite, progress, chunk, points_per_batch)."""
     _check(dirs, "dirs", isinstance(dirs, int) and not isinstance(dirs, bool) and dirs >= 1, "an int >= 1")
     if kwargs.get("directions") is not None:
         dirs = len(kwargs["directions"])

@@ -17,6 +17,7 @@ from awp.data import class_stratified_subset
 from awp.errors import UserError
 from landscape.core import engine
 from landscape.core.directions import normalization
+from landscape.core.points import parse_points, points_per_pass
 from landscape.pipeline.compute import Job
 from landscape.storage.results import Landscape
 
@@ -47,6 +48,7 @@ class LandscapeOptions:
     bn_batches: int = 8  # training batches that re-estimate BN statistics per point
     device: str = "auto"
     chunk: int | None = None  # points per process between flushes (default: one direction for 1-D, 4 for 2-D)
+    points_per_batch: int | str = "auto"  # weight points per pass (`landscape.core.points.points_per_pass`)
     workers: int = 1  # processes on this machine (torchrun's engine)
     out: str | None = None  # results .h5; figures go beside it
     overwrite: bool = False
@@ -59,6 +61,7 @@ class LandscapeOptions:
         check_positive_int(self.bn_batches, "--bn-batches")
         if self.chunk is not None:
             check_positive_int(self.chunk, "--chunk")
+        parse_points(self.points_per_batch)
         check_seed(self.seed, "--seed")
         normalization(self.normalize)
         engine.bn_mode(self.bn)
@@ -125,5 +128,7 @@ def job_for(cfg: LandscapeOptions, source: Any, attack: AttackConfig, results: L
     """The compute job of a landscape command: its checkpoints' models, data and attack."""
     batches, bn_inputs, n = probe_data(cfg, source, attack, device)
     results.runtime["examples"] = n
+    p = points_per_pass(parse_points(cfg.points_per_batch), device, cfg.batch_size)
+    results.runtime["points_per_batch"] = p  # float rounding only: a resume may use another P
     return Job([c.build for c in source.checkpoints], batches, attack, cfg.bn, bn_inputs, fixed_adv,
-               targets or {}, cfg.chunk or chunk)
+               targets or {}, cfg.chunk or chunk, points=p)

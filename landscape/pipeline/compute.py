@@ -18,6 +18,7 @@ from awp.attacks import AttackConfig
 from awp.stopping import stop_requested
 from awp.weights import snapshot
 from landscape.core import engine
+from landscape.core.points import evaluate_many
 from landscape.core.directions import DIRECTIONS, DirectionContext, build_direction
 from landscape.pipeline import dist
 from landscape.pipeline.progress import PointBar
@@ -39,7 +40,8 @@ class Job:
     bn_inputs: Sequence[Tensor] = ()
     fixed_adv: bool = False
     targets: Mapping[str, Build] = field(default_factory=dict)
-    chunk: int = 4  # points per rank between flushes
+    chunk: int = 4  # points per rank between flushes (rounded up to a multiple of `points`)
+    points: int = 1  # weight points per pass (`--points-per-batch`): 1 moves the model in place, P > 1 vmaps
 
 
 class _Current:
@@ -91,11 +93,28 @@ class _Current:
             self.dirs[k] = {n: t.to(self.base[n].device, self.base[n].dtype) for n, t in d.items()}
         return self.dirs[k]
 
-    def evaluate(self, flat: int | None) -> dict[str, float]:
-        terms = [] if flat is None else [(self.direction(k), c) for k, c in self.results.grid.terms(flat)]
-        sums = engine.evaluate_at(self.model, terms, self.job.batches, self.job.attack, base=self.base,
-                                  bn=self.job.bn, bn_inputs=self.job.bn_inputs, fixed_adv=self.fixed)  # Eq. 5
-        return sums.reduce()
+    def terms(self, flat: int | None) -> list[tuple[dict[str, Tensor], float]]:
+        return [] if flat is None else [(self.direction(k), c) for k, c in self.results.grid.terms(flat)]
+
+    def evaluate(self, flats: Sequence[int | None]) -> list[dict[str, float]]:
+        """The values at these points of the current checkpoint: in place one by one, or all in one
+        vmapped pass (`landscape.core.points`) when there are several."""
+        job, kw = self.job, dict(base=self.base, bn=self.job.bn, bn_inputs=self.job.bn_inputs, fixed_adv=self.fixed)
+        if len(flats) == 1:
+            return [engine.evaluate_at(self.model, self.terms(flats[0]), job.batches, job.attack, **kw).reduce()]  # Eq. 5
+        sums = evaluate_many(self.model, [self.terms(f) for f in flats], job.batches, job.attack, **kw)
+        return [s.reduce() for s in sums]
+
+
+def groups(slots: Sequence[tuple[int, int | None]], size: int) -> list[list[tuple[int, int | None]]]:
+    """Consecutive (checkpoint, point) slots in groups of at most `size` points of one checkpoint each."""
+    out: list[list[tuple[int, int | None]]] = []
+    for slot in slots:
+        if out and len(out[-1]) < size and out[-1][0][0] == slot[0]:
+            out[-1].append(slot)
+        else:
+            out.append([slot])
+    return out
 
 
 def compute(results: Landscape, job: Job, ctx: dist.DistContext, *, flush: Callable[[], None] = lambda: None,
@@ -106,18 +125,22 @@ def compute(results: Landscape, job: Job, ctx: dist.DistContext, *, flush: Calla
     todo = results.pending()
     mine = todo[ctx.rank :: ctx.world]  # round-robin: near-equal shares, neighbouring points apart
     per_rank = -(-len(todo) // ctx.world)
-    rounds = -(-per_rank // job.chunk) if per_rank else 0
+    chunk = -(-job.chunk // job.points) * job.points  # whole passes of P points between flushes
+    rounds = -(-per_rank // chunk) if per_rank else 0
     current = _Current(results, job, ctx.device)
     stored, width = 0, 4 + len(FIELDS)  # row: valid, checkpoint, is origin, flat index, fields
     t0 = time.perf_counter()
     try:
         with PointBar(len(todo), progress and ctx.is_main, describe) as bar:
             for r in range(rounds):
-                rows = torch.zeros((job.chunk, width), dtype=torch.float64)
-                for slot, (c, flat) in enumerate(mine[r * job.chunk : (r + 1) * job.chunk]):
-                    point = current.at(c).evaluate(flat)
-                    rows[slot] = torch.tensor([1.0, c, flat is None, -1 if flat is None else flat]
-                                              + [point[k] for k in FIELDS], dtype=torch.float64)
+                rows = torch.zeros((chunk, width), dtype=torch.float64)
+                slot = 0
+                for group in groups(mine[r * chunk : (r + 1) * chunk], job.points):
+                    values = current.at(group[0][0]).evaluate([flat for _, flat in group])
+                    for (c, flat), point in zip(group, values):
+                        rows[slot] = torch.tensor([1.0, c, flat is None, -1 if flat is None else flat]
+                                                  + [point[k] for k in FIELDS], dtype=torch.float64)
+                        slot += 1
                 gathered = dist.gather_rows(ctx, rows)  # one collective per round, not per point
                 if ctx.is_main:
                     for row in gathered.tolist():
