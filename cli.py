@@ -161,6 +161,15 @@ _PO = "Output and processes"
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes on this machine (torch's elastic launcher, as torchrun).", rich_help_panel=_PO)]
 OversubOpt = Annotated[bool, typer.Option("--oversubscribe", help="Allow more --workers than CPU cores (or GPUs with nccl).", rich_help_panel=_PO)]
 
+# Precision and kernels (awp.kernels), shared by train-awp, eval, probe and plot2d; train-awp defaults them to
+# None ("not given": its --config file or the resumed run decides), the others to fp32 / off.
+from awp.kernels import PRECISIONS  # noqa: E402
+
+_K = "Precision and kernels"
+PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help=f"Autocast dtype of every forward: {', '.join(PRECISIONS.names())} (fp32: none; fp16 trains with a loss scaler). Changes the numbers, so a file resumes only at its own.", rich_help_panel=_K)]
+ChannelsLastOpt = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Weights and batches in channels_last memory format (speed only: on CPU max-pooling with gradients is much faster).", rich_help_panel=_K)]
+CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model's forward (speed only; falls back to uncompiled, with a warning, where compiling fails).", rich_help_panel=_K)]
+
 
 @app.command("train-awp")
 @with_method_flags
@@ -206,6 +215,9 @@ def train_awp(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialization, shuffling and attacks (0).", rich_help_panel=_T)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads; 0 = torch's default (digits: 1, robust on busy CPUs).")] = None,
+    precision: PrecisionOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    compile: CompileOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.", rich_help_panel=_R)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run file.", rich_help_panel=_R)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-epoch lines.")] = False,
@@ -357,6 +369,7 @@ def _landscape_flags(
     pgd_step: PgdStepOpt = None, norm: NormOpt = None, chunk: ChunkOpt = None, points_per_batch: PointsOpt = "auto", workers: WorkersOpt = 1,
     oversubscribe: OversubOpt = False, device: LDeviceOpt = "auto", out: OutOpt = None,
     overwrite: ResumeOverwriteOpt = False, quiet: QuietOpt = False,
+    precision: PrecisionOpt = "fp32", channels_last: ChannelsLastOpt = False, compile: CompileOpt = False,
 ) -> None:
     """The flags every landscape command shares, declared once: `with_landscape_flags` adds them."""
 
@@ -384,6 +397,7 @@ def _options(ckpt: Path, flags: dict) -> dict:
         step_size=parse_fraction(f["pgd_step"], "--pgd-step") if f["pgd_step"] is not None else None,
         norm=f["norm"].value if f["norm"] else None, chunk=f["chunk"], points_per_batch=f["points_per_batch"], workers=f["workers"], device=f["device"],
         out=str(f["out"]) if f["out"] else None, overwrite=f["overwrite"], progress=not f["quiet"],
+        precision=f["precision"], channels_last=bool(f["channels_last"]), compile=bool(f["compile"]),
     )
 
 
@@ -446,6 +460,32 @@ def probe(
     _run_landscape(cfg, plan, run_probe, flags["oversubscribe"])
 
 
+_PC = "Cluster (shards of the grid, `landscape merge`)"
+
+from landscape.pipeline.launch import LAUNCHERS  # noqa: E402
+
+Launcher = LAUNCHERS.choices("Launcher")
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="K/N: compute only shard K of N of the grid (1 <= K <= N) into its own resumable results file (default NAME-shardKofN.h5); `landscape merge` combines the N.", rich_help_panel=_PC)]
+LauncherOpt = Annotated[Optional[Launcher], typer.Option("--launcher", help="Submit the --shards as one job array, wait, merge: submitit (SLURM where there is one, else local processes) or submitit-local (pip install 'awp-landscape\\[slurm]').", rich_help_panel=_PC)]
+ShardsOpt = Annotated[Optional[int], typer.Option("--shards", min=1, help="With --launcher: how many shard jobs.", rich_help_panel=_PC)]
+LauncherFolderOpt = Annotated[Optional[Path], typer.Option("--launcher-folder", help="With --launcher: where job logs go (default NAME-jobs/ beside the results file).", rich_help_panel=_PC)]
+LauncherParamsOpt = Annotated[Optional[str], typer.Option("--launcher-params", help="With --launcher: submitit executor parameters as JSON, e.g. '{\"timeout_min\": 240, \"slurm_partition\": \"gpu\", \"gpus_per_node\": 1}' (submitit's default time limit is 5 min).", rich_help_panel=_PC)]
+
+
+def _launcher_params(text: Optional[str]) -> Optional[dict]:
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--launcher-params {text!r} is not JSON ({e.msg}); give an object, e.g. '{{\"timeout_min\": 240}}'") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--launcher-params {text!r} is not a JSON object; give e.g. '{{\"timeout_min\": 240}}'")
+    return value
+
+
 @app.command()
 @with_landscape_flags
 def plot2d(
@@ -453,15 +493,42 @@ def plot2d(
     from_results: FromOpt = None,
     grid: Annotated[str, typer.Option("--grid", help="Points along alpha x beta, e.g. 21x21 or 31x11.", rich_help_panel=_PL)] = "21x21",
     span: Annotated[str, typer.Option("--range", help="AMIN:AMAX,BMIN:BMAX (one span: both axes).", rich_help_panel=_PL)] = "-1:1,-1:1",
+    shard: ShardOpt = None,
+    launcher: LauncherOpt = None,
+    shards: ShardsOpt = None,
+    launcher_folder: LauncherFolderOpt = None,
+    launcher_params: LauncherParamsOpt = None,
     *, flags: dict,
 ) -> None:
-    """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready."""
-    from landscape.commands.plot2d import Plot2DConfig, plan, rerender, run_plot2d
+    """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready; shards for any cluster."""
+    from landscape.commands.plot2d import Plot2DConfig, launch_plot2d, plan, rerender, run_plot2d
+    from landscape.pipeline.launch import parse_shard
 
     if not _compute_or_redraw(ckpt, from_results):
         rerender(from_results, overwrite=flags["overwrite"])
         return
-    _run_landscape(Plot2DConfig(**_options(ckpt, flags), grid=grid, range=span), plan, run_plot2d, flags["oversubscribe"])
+    if (launcher is None) != (shards is None):
+        raise UserError("--launcher and --shards go together: --launcher submitit --shards N submits N shard jobs "
+                        "(for one shard here, give --shard K/N)")
+    if launcher is None and (launcher_folder is not None or launcher_params is not None):
+        raise UserError("--launcher-folder and --launcher-params need --launcher submitit or submitit-local, and --shards N")
+    cfg = Plot2DConfig(**_options(ckpt, flags), grid=grid, range=span, shard=parse_shard(shard) if shard is not None else None)
+    if launcher is not None:
+        launch_plot2d(cfg, launcher.value, shards, launcher_folder, _launcher_params(launcher_params))
+        return
+    _run_landscape(cfg, plan, run_plot2d, flags["oversubscribe"])
+
+
+@app.command()
+def merge(
+    out: Annotated[Path, typer.Argument(metavar="OUT.h5", help="The merged results file: written, or completed when it holds some points already; figures go beside it.", show_default=False)],
+    shards: Annotated[Optional[list[Path]], typer.Argument(metavar="SHARD.h5", help="Results files of `plot2d --shard K/N` (any subset, in any order; repeats are harmless).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT instead of adding to the points it holds.")] = False,
+) -> None:
+    """Combine plot2d shards (same settings, any scheduler) into one results file; a complete grid gets plot2d's figures."""
+    from landscape.commands.plot2d import merge_plot2d
+
+    merge_plot2d(out, list(shards or []), overwrite=overwrite)
 
 
 # ---- eval
@@ -501,6 +568,9 @@ def eval_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON results (default beside CKPT: NAME-eval.json); per-example results beside it (.examples.h5), which an interrupted run resumes from.", rich_help_panel=_PO)] = None,
     overwrite: ResumeOverwriteOpt = False,
     quiet: QuietOpt = False,
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = False,
+    compile: CompileOpt = False,
 ) -> None:
     """Robust accuracy under FGSM, PGD-K, CW-inf and AutoAttack, per example and the worst case over them; JSON with RobustBench's fields; resumable."""
     from awp.config import parse_fraction
@@ -512,7 +582,8 @@ def eval_command(
         eps=parse_fraction(eps, "--eps") if eps is not None else None, norm=norm.value if norm else None,
         step_size=parse_fraction(step_size, "--step-size") if step_size is not None else None, restarts=restarts,
         samples=samples, batch_size=batch_size, seed=seed, aa_version=aa_version.value, device=device,
-        out=str(out) if out else None, overwrite=overwrite, progress=not quiet))
+        out=str(out) if out else None, overwrite=overwrite, progress=not quiet, precision=precision,
+        channels_last=bool(channels_last), compile=bool(compile)))
 
 
 # ---- gap / report
@@ -606,12 +677,32 @@ def _say(line: str) -> None:
     typer.echo(line, err=True)
 
 
+def _one_line_kernel_warnings() -> None:
+    """An `awp.kernels.KernelWarning` (e.g. --compile falling back) as one `warning: ...` line on stderr,
+    from rank 0 only; every other warning as Python shows it."""
+    import os
+    import warnings
+
+    from awp.kernels import KernelWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, KernelWarning):
+            return show(message, category, filename, lineno, file, line)
+        if os.environ.get("RANK") in (None, "0"):
+            typer.echo(f"warning: {message}", err=True)
+
+    warnings.showwarning = showwarning
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the app; user mistakes become one `error: ...` line on stderr and exit status 2."""
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # --model mynets:Net finds mynets.py in the working directory, as `python -m` would
+    _one_line_kernel_warnings()
     try:
         rc = command.main(args=argv, prog_name="landscape", standalone_mode=False)
     except UserError as e:

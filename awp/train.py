@@ -8,6 +8,7 @@ bitwise what an uninterrupted run computes (on CPU).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from awp.config import resolve_device
 from awp.data import dataset_info
 from awp.errors import Interrupted, UserError
 from awp.evaluate import EvalSums, evaluate, evaluate_sums, exact_count
+from awp.kernels import Kernels
 from awp.methods import Method, get_method
 from awp.models import create_model
 from awp.perturb import AWPConfig, Params, find_perturbation, frozen_batchnorm, perturbable_params, perturbed, zeros_like_params
@@ -88,6 +90,8 @@ def train_step(
     method_params: Mapping[str, Any] | None = None,
     fit: nn.Module | None = None,
     reduce_grads: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    kernels: Kernels = Kernels(),
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """One SGD step of `method` with its parameters `method_params` (defaults for those not given) on
     (x [B, C, H, W], y [B]); with `awp`, Algorithm 2 lines 4-15.
@@ -100,43 +104,61 @@ def train_step(
     `fit` is the module the training loss's forward runs through (a DistributedDataParallel wrapper of
     `model`, whose backward averages gradients over ranks); attacks and the AWP ascent use `model`, and
     `reduce_grads` turns a rank's AWP ascent gradient into the global batch's (`find_perturbation`).
+    `kernels.precision`: the attacks', the losses' and the natural pass's forwards run under its autocast
+    (the AWP ascent's loss too, its gradient outside); an enabled `scaler` (fp16) scales the training
+    loss's backward and steps through `scaler.step`, which skips a step whose gradients overflowed.
     """
     fit = model if fit is None else fit
     cp = clean_pass(bn_clean)
     bound = method.bind(method_params or {})  # the method's adversary and loss with the run's parameters
     loss_fn = bound.loss
-    nat_correct = 0 if cp.after_step else _natural_correct(model, x, y, cp.updates_bn)
+    amp = functools.partial(kernels.autocast, x.device)  # a fresh region per use; a no-op for fp32
+    scaled = scaler is not None and scaler.is_enabled()
+    nat_correct = 0 if cp.after_step else _natural_correct(model, x, y, cp.updates_bn, amp)
     if awp is None:
-        x_adv = bound.adversary(model, x, y, attack, generator)  # Eq. 9 / 16 / 17 at w
-        out = loss_fn(fit, x, x_adv, y)
+        with amp():
+            x_adv = bound.adversary(model, x, y, attack, generator)  # Eq. 9 / 16 / 17 at w
+            out = loss_fn(fit, x, x_adv, y)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        (scaler.scale(out.loss) if scaled else out.loss).backward()
     else:
         params = awp_params if awp_params is not None else perturbable_params(model, awp.include_1d)
         with perturbed(params) as w:  # on exit: back at w exactly (Eq. 11's "- v")
             v = zeros_like_params(params)  # Algorithm 2: v starts at 0 each step
+
+            def ascent_loss() -> Tensor:  # the forward under autocast; find_perturbation's gradient outside
+                with amp():
+                    return loss_fn(model, x, x_adv, y).loss
+
             for _ in range(awp.alternations):  # line 4: A alternations
-                x_adv = bound.adversary(model, x, y, attack, generator)  # lines 5-10, Eq. 9 / 16 / 17 against w + v
+                with amp():
+                    x_adv = bound.adversary(model, x, y, attack, generator)  # lines 5-10, Eq. 9 / 16 / 17 against w + v
                 v = find_perturbation(  # lines 11-13, Eq. 10 with Pi_gamma of Eq. 15
-                    model, params, w, v, lambda: loss_fn(model, x, x_adv, y).loss, awp, reduce_grads=reduce_grads
+                    model, params, w, v, ascent_loss, awp, reduce_grads=reduce_grads
                 )
-            out = loss_fn(fit, x, x_adv, y)  # line 15: the loss at w + v ...
+            with amp():
+                out = loss_fn(fit, x, x_adv, y)  # line 15: the loss at w + v ...
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()  # ... and its gradient, taken at w + v
+            (scaler.scale(out.loss) if scaled else out.loss).backward()  # ... and its gradient, taken at w + v
     # Eq. 11: w <- (w + v) - eta3 * grad - v = w - eta3 * grad, applied at the exactly restored w. (The
     # reference steps at w + v and then subtracts v; with weight decay the two differ by eta3 * wd * v.)
-    opt.step()
+    if scaled:
+        scaler.step(opt)  # unscales the gradients first; skipped when they hold inf/NaN
+        scaler.update()
+    else:
+        opt.step()
     if cp.after_step:
-        nat_correct = _natural_correct(model, x, y, cp.updates_bn)
+        nat_correct = _natural_correct(model, x, y, cp.updates_bn, amp)
     loss = float(out.loss.detach())
     adv_correct = int((out.logits_adv.detach().argmax(1) == y).sum())  # on the training attack's x' (at w + v under AWP)
     return StepResult(loss * len(y), nat_correct, adv_correct, len(y))
 
 
-def _natural_correct(model: nn.Module, x: Tensor, y: Tensor, updates_bn: bool) -> int:
-    """Correct predictions on the clean batch in the model's (train) mode; unless `updates_bn`,
-    BatchNorm running statistics are left as they were."""
-    with torch.no_grad(), (contextlib.nullcontext() if updates_bn else frozen_batchnorm(model)):
+def _natural_correct(model: nn.Module, x: Tensor, y: Tensor, updates_bn: bool,
+                     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> int:
+    """Correct predictions on the clean batch in the model's (train) mode, the forward inside `amp()`;
+    unless `updates_bn`, BatchNorm running statistics are left as they were."""
+    with torch.no_grad(), (contextlib.nullcontext() if updates_bn else frozen_batchnorm(model)), amp():
         return int((model(x).argmax(1) == y).sum())
 
 
@@ -174,6 +196,7 @@ def train_epoch(
     device: torch.device,
     on_step: StepObserver | None = None,
     dp: distributed.DataParallel | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochResult:
     """One epoch (1-based) over `data.train`; lr from the schedule at every step; stops at a NaN/inf loss.
 
@@ -182,8 +205,13 @@ def train_epoch(
     examples a single process sees; PGD and the AWP ascent run per rank on the bare `model` with the
     rank's own random starts, the ascent gradient and the training gradient are summed over ranks
     weighted by shard size, and the step's sums and the Ctrl-C flag are added over ranks (one small
-    collective per step), so every rank stops at the same step."""
+    collective per step), so every rank stops at the same step.
+
+    `cfg.kernels` sets how forwards run (precision, channels_last batches); `scaler` is the run's
+    GradScaler, whose scale carries over epochs (None: a fresh one for this epoch, enabled for fp16)."""
     method = get_method(cfg.method)
+    kernels = cfg.kernels
+    scaler = kernels.scaler(device) if scaler is None else scaler
     # The same on every rank: the global batch order and its augmentation, as a single process draws them.
     torch.manual_seed(epoch_seed(cfg.seed, epoch, GLOBAL))  # augmentation and anything else global
     shuffle = epoch_generator(cfg.seed, epoch, SHUFFLE)
@@ -204,9 +232,10 @@ def train_epoch(
         for group in opt.param_groups:
             group["lr"] = lr
         xs, ys = (x, y) if dp is None else dp.shard(x, y)
-        r = train_step(model, opt, method, xs, ys, cfg.attack, attack_gen, cfg.awp if use_awp else None, params,
-                       bn_clean=cfg.bn_clean, method_params=cfg.method_params, fit=None if dp is None else dp.fit,
-                       reduce_grads=None if dp is None else dp.reduce_grads)  # find_perturbation: the global batch's v
+        r = train_step(model, opt, method, kernels.inputs(xs), ys, cfg.attack, attack_gen, cfg.awp if use_awp else None,
+                       params, bn_clean=cfg.bn_clean, method_params=cfg.method_params, fit=None if dp is None else dp.fit,
+                       reduce_grads=None if dp is None else dp.reduce_grads,  # find_perturbation: the global batch's v
+                       kernels=kernels, scaler=scaler)
         stop = False
         if dp is not None:
             loss_sum, nat, adv, n, stops = distributed.all_sum(dp.ctx, [r.loss_sum, r.nat_correct, r.adv_correct, r.n, stop_requested()])
@@ -248,18 +277,20 @@ def evaluate_epoch(model: nn.Module, cfg: TrainConfig, data: RunData, epoch: int
 
     Under torchrun (`ctx`) each rank attacks every world-th example with its own random starts and the
     sums and counts are added over ranks: the same examples and attack, other random starts than one
-    process would draw."""
+    process would draw. Forwards and attacks run under the run's precision (`cfg.kernels`)."""
     attack = cfg.eval_attack
     row: dict[str, float] = {}
 
     def measure(name: str, ds, stream: int) -> None:
         seed = epoch_seed(cfg.seed, epoch, stream)
         if ctx is None or not ctx.distributed:
-            r = evaluate(model, ds, attack, batch_size=cfg.eval_batch_size, device=device, seed=seed)
+            with cfg.kernels.autocast(device):
+                r = evaluate(model, ds, attack, batch_size=cfg.eval_batch_size, device=device, seed=seed)
         else:
             mine = take(ds, np.arange(ctx.rank, len(ds), ctx.world))
-            sums = evaluate_sums(model, mine, attack, batch_size=cfg.eval_batch_size, device=device,
-                                 seed=distributed.rank_seed(seed, ctx.rank))
+            with cfg.kernels.autocast(device):
+                sums = evaluate_sums(model, mine, attack, batch_size=cfg.eval_batch_size, device=device,
+                                     seed=distributed.rank_seed(seed, ctx.rank))
             n, nat, nat_c, adv, adv_c = distributed.all_sum(ctx, sums.astuple())  # exact: sums and counts
             r = EvalSums(int(n), nat, exact_count(nat_c), adv, exact_count(adv_c)).reduce()
         row.update({f"{name}_{k}": v for k, v in r.items()})
@@ -305,7 +336,8 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, tensors: 
     opt.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def resume_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> ResumeState:
+def resume_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int,
+                 scaler: torch.amp.GradScaler | None = None) -> ResumeState:
     tensors, groups = optimizer_state(model, opt)
     tensors["rng/torch"] = torch.get_rng_state()
     state = {
@@ -313,6 +345,8 @@ def resume_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
         "schedule": {"name": cfg.lr_schedule, "lr": cfg.lr, "epochs": cfg.epochs, "milestones": list(cfg.lr_milestones), "stateless": True},
         "rng": {"scheme": "torch.Generator seeded by numpy SeedSequence([seed, epoch, stream])", "seed": cfg.seed},
     }
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker, plain numbers
+        state["grad_scaler"] = {k: (v.item() if isinstance(v, Tensor) else v) for k, v in scaler.state_dict().items()}
     return ResumeState(epoch, tensors, state)
 
 
@@ -408,6 +442,7 @@ def preflight(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwr
     check_run_output(Path(out), resume=resume, overwrite=overwrite)
     validate(cfg)
     device = resolve_device(cfg.device)
+    cfg.kernels.check(device)  # a precision torch cannot run here: one line, before any compute
     info = dataset_info(cfg.dataset)
     with torch.device("meta"):
         skeleton = create_model(cfg.arch, info.num_classes, info.in_channels, info.mean, info.std, **cfg.arch_kwargs)
@@ -466,7 +501,9 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: R
     distributed.check_shards(len(data.train), data.labeled_per_batch(cfg.batch_size), ctx.world)  # as preflight, with the data used
     model, meta = build_model(cfg, data)
     model.to(device)
+    cfg.kernels.prepare(model)  # in place: channels_last weights, compiled forward; names unchanged
     opt = make_optimizer(model, cfg)
+    scaler = cfg.kernels.scaler(device)  # fp16 only; its scale carries over epochs and is saved for --resume
     start, best_val = 1, -math.inf  # best_val: the best validation robust accuracy so far
     if distributed.broadcast_flag(ctx, out.exists() and resume):  # rank 0's view, before it writes anything
         reader = check_resumable(cfg, out)
@@ -477,6 +514,8 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: R
                 load_optimizer_state(model, opt, st.tensors, st.state["optimizer"]["param_groups"])
                 if "rng/torch" in st.tensors:
                     torch.set_rng_state(st.tensors["rng/torch"])
+                if scaler.is_enabled() and "grad_scaler" in st.state:
+                    scaler.load_state_dict(st.state["grad_scaler"])
             start = reader.last_epoch + 1
             val = reader.metrics().get("val_adv_acc", np.zeros(0))
             best_val = float(np.nanmax(val)) if np.isfinite(val).any() else -math.inf
@@ -500,7 +539,7 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: R
     try:
         for epoch in range(start, cfg.epochs + 1):
             rep.epoch_start(epoch, cfg.epochs, steps)
-            ep = train_epoch(model, opt, cfg, data, epoch, device, on_step=rep.step, dp=dp)
+            ep = train_epoch(model, opt, cfg, data, epoch, device, on_step=rep.step, dp=dp, scaler=scaler)
             if ep.stopped:
                 kept = f"epochs 1-{epoch - 1}" if epoch > 1 else "no finished epoch"
                 distributed.on_main(ctx, lambda: set_status(out, f"interrupted during epoch {epoch}"))
@@ -524,7 +563,8 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool, rep: R
             row["time_eval"] = time.perf_counter() - t0
 
             def commit() -> None:  # rank 0; the others wait for it (and stop if it could not write)
-                commit_epoch(out, epoch, row, model.state_dict(), resume_state(model, opt, cfg, epoch), save_every=cfg.save_every)
+                commit_epoch(out, epoch, row, model.state_dict(), resume_state(model, opt, cfg, epoch, scaler),
+                             save_every=cfg.save_every)
                 rep.epoch_end(epoch, cfg.epochs, row, open_run(out).best_epoch)
 
             distributed.on_main(ctx, commit)

@@ -21,6 +21,7 @@ from awp.attacks import AttackConfig, l2_start_radius, threat_model
 from awp.config import check_seed, parse_fraction
 from awp.data import dataset_info
 from awp.errors import UserError
+from awp.kernels import PRECISIONS, Kernels
 from awp.registry import Registry
 from awp.methods import AWP_SUFFIX, get_method, merge_method_flags, method_label, split_label
 from awp.perturb import AWPConfig
@@ -63,7 +64,8 @@ def clean_pass(name: str) -> CleanPass:
 
 # Values a run file written before an option existed was trained with (not today's defaults), so that
 # resuming it, or a demo reusing it, sees the difference instead of silently switching behaviour.
-LEGACY_VALUES: dict[str, Any] = {"bn_clean": "frozen", "method_params": {}, "eval_every": 1}  # AT, the only method then, takes none
+LEGACY_VALUES: dict[str, Any] = {"bn_clean": "frozen", "method_params": {}, "eval_every": 1,  # AT, the only method then, takes none
+                                 "precision": "fp32", "channels_last": False, "compile": False}  # Kernels() before --precision
 LEGACY_ATTACK_VALUES: dict[str, Any] = {"l2_start": "ball"}
 
 
@@ -102,6 +104,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0: torch's default (tiny models on busy CPUs want 1)
+    precision: str = "fp32"  # awp.kernels.PRECISIONS: autocast dtype of every forward (changes numbers)
+    channels_last: bool = False  # weights and batches in channels_last (speed only)
+    compile: bool = False  # torch.compile of the model's forward (speed only)
+
+    @property
+    def kernels(self) -> Kernels:
+        """How the forwards run (`awp.kernels.Kernels`): precision, memory format, compilation."""
+        return Kernels(self.precision, self.channels_last, self.compile)
 
     @property
     def label(self) -> str:
@@ -169,12 +179,14 @@ KINDS: dict[str, str] = {
     "lr": _FRAC, "lr_schedule": _STR, "lr_milestones": _FLOATS, "momentum": _FRAC, "weight_decay": _FRAC,
     "train_size": _INT, "train_eval_size": _INT, "val_split": _FRAC, "test_size": _INT,
     "save_every": _INT, "seed": _INT, "device": _STR, "threads": _INT,
+    "precision": _STR, "channels_last": _BOOL, "compile": _BOOL,
 }
 OPTIONS = tuple(KINDS)
 
 # Options that change where or how fast a run goes, not what it computes: resuming may change them.
 # eval_every too: evaluation runs in eval mode on its own random streams, so the weights do not depend on it.
-RUNTIME_OPTIONS = frozenset({"device", "data_dir", "eval_batch_size", "threads", "eval_every"})
+# channels_last and compile change float summation order only, as threads and device do; precision is not one.
+RUNTIME_OPTIONS = frozenset({"device", "data_dir", "eval_batch_size", "threads", "eval_every", "channels_last", "compile"})
 
 
 def flag(name: str) -> str:
@@ -303,6 +315,7 @@ CHECKS: dict[str, Check] = {
     **{name: _fraction for name, kind in KINDS.items() if kind == _FRAC},
     "dataset": _lookup(dataset_info), "method": _method_name, "lr_schedule": _lookup(get_schedule),
     "norm": _lookup(threat_model), "l2_start": _lookup(l2_start_radius), "bn_clean": _lookup(clean_pass),
+    "precision": _lookup(PRECISIONS.lookup),
     "lr_milestones": _milestones, "momentum": _unit_interval, "val_split": _unit_interval,
     "epochs": _POSITIVE, "eval_every": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "awp_steps": _POSITIVE,
     "awp_alternations": _POSITIVE, "train_steps": _NONNEG, "eval_steps": _NONNEG, "awp_warmup": _NONNEG,

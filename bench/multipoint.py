@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from awp.attacks import AttackConfig  # noqa: E402
 from awp.config import resolve_device  # noqa: E402
 from awp.data import class_stratified_subset, load_dataset  # noqa: E402
 from awp.models import create_model  # noqa: E402
+from bench.common import Row, Target, interleaved, median  # noqa: E402
 from landscape.core import engine, points  # noqa: E402
 
 TARGET = 1.5  # P points per pass vs point by point, smallcnn on digits (issue 15)
@@ -56,11 +55,6 @@ def settings(device: torch.device, smoke: bool) -> list[Setting]:
         return [Setting("smallcnn", (1, 8, 8), 32, 32, 1, 0.25), Setting("preactresnet18", (3, 32, 32), 2, 2, 1, 8 / 255)]
     return [Setting("smallcnn", (1, 8, 8), 300, 256, 10, 0.25),
             Setting("preactresnet18", (3, 32, 32), 1024 if gpu else 16, 256 if gpu else 16, 10 if gpu else 2, 8 / 255)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _problem(s: Setting, device: torch.device, seed: int = 0):
@@ -108,7 +102,7 @@ def _peak_mb(fn, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        _sync(device)
+        torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2**20
     r, w = os.pipe()
     pid = os.fork()
@@ -127,45 +121,50 @@ def _peak_mb(fn, device: torch.device) -> float:
 
 
 def curve(s: Setting, device: torch.device, ps: list[int], n_points: int, repeats: int) -> list[dict]:
-    """For each P: medians over `repeats` interleaved runs of both ways, their ratio, peak memory and
-    the largest relative difference of the adversarial losses."""
+    """For each P: medians over `repeats` interleaved (ABBA) runs of both ways, their ratio, peak memory
+    and the largest relative difference of the adversarial losses."""
     model, batches, attack, base, dirs = _problem(s, device)
     pts = _terms(dirs, n_points)
     rows = []
     for p in ps:
-        ref, ours = [], []
-        for _ in range(repeats):
-            for way, times in ((lambda: _one_by_one(model, pts, batches, attack, base), ref),
-                               (lambda: _grouped(model, pts, batches, attack, base, p), ours)):
-                _sync(device)
-                t = time.perf_counter()
-                got = way()
-                _sync(device)
-                times.append(time.perf_counter() - t)
-                if times is ref:
-                    a = got
-                else:
-                    b = got
-        diff = max(abs(x["adv_loss"] - y["adv_loss"]) / max(abs(x["adv_loss"]), 1e-12) for x, y in zip(a, b))
+        got: dict[str, list] = {}
+        ways = {"one": lambda: got.__setitem__("one", _one_by_one(model, pts, batches, attack, base)),
+                "grouped": lambda: got.__setitem__("grouped", _grouped(model, pts, batches, attack, base, p))}
+        times = interleaved(ways, reps=repeats, device=device, warmup=0 if repeats == 1 else 1)
+        diff = max(abs(x["adv_loss"] - y["adv_loss"]) / max(abs(x["adv_loss"]), 1e-12)
+                   for x, y in zip(got["one"], got["grouped"]))
         peak = _peak_mb(lambda: _grouped(model, pts[:p], batches, attack, base, p), device)
-        t_ref, t_ours = statistics.median(ref), statistics.median(ours)
+        t_ref, t_ours = median(times["one"]), median(times["grouped"])
         rows.append({"arch": s.arch, "P": p, "points": n_points, "point_by_point_s": t_ref, "grouped_s": t_ours,
-                     "ratio": t_ref / t_ours, "peak_mb": peak, "max_rel_diff": diff,
-                     "per_point_s": t_ours / n_points})
+                     "ratio": t_ref / t_ours, "peak_mb": peak, "max_rel_diff": diff})
     return rows
 
 
-def run(device: str = "auto", smoke: bool = False, ps: list[int] | None = None, repeats: int | None = None) -> list[dict]:
-    """Every setting's curve; the best P of smallcnn is the row the target applies to."""
+def measure(device: str = "auto", smoke: bool = False, ps: list[int] | None = None, repeats: int | None = None) -> list[dict]:
+    """Every setting's curve over P (ResNet-18 on a CPU: P <= 4 only, a few points)."""
     dev = resolve_device(device)
     ps = ps or ([1, 2] if smoke else [1, 2, 4, 8, 16])
     out = []
     for s in settings(dev, smoke):
         big = s.arch != "smallcnn" and dev.type != "cuda" and not smoke
-        use = [p for p in ps if p <= 4] if big else ps  # ResNet-18 on a CPU: the curve's start only
-        out += curve(s, dev, use, n_points=max(use) * (1 if big or smoke else 2),
-                     repeats=repeats or (1 if smoke else 3))
+        use = [p for p in ps if p <= 4] if big else ps
+        out += curve(s, dev, use, n_points=max(use) * (1 if big or smoke else 2), repeats=repeats or (1 if smoke else 3))
     return out
+
+
+def run(smoke: bool, device: str) -> list[Row]:
+    """`bench/run_all.py`'s rows: one per model and P > 1 (P = 1 is the point-by-point path itself),
+    the target on smallcnn's rows; seconds per the row's points, peak memory in the note."""
+    ps = [1, 2] if smoke else ([1, 2, 4, 8, 16] if torch.device(device).type == "cuda" else [1, 2, 4, 8])
+    rows = []
+    for r in measure(device, smoke, ps):
+        if r["P"] == 1:
+            continue
+        rows.append(Row(f"multi-point: {r['arch']} P={r['P']} per pass vs one by one", r["grouped_s"],
+                        r["point_by_point_s"], r["ratio"], per=f"{r['points']} points", device=device,
+                        note=f"peak {r['peak_mb']:.0f} MB; max rel diff {r['max_rel_diff']:.0e}",
+                        target=Target.at_least(TARGET) if r["arch"] == "smallcnn" else Target.at_least(1.0)))
+    return rows
 
 
 def main() -> None:
@@ -177,7 +176,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = run(args.device, args.smoke, [int(p) for p in args.points.split(",")], args.repeats)
+    rows = measure(args.device, args.smoke, [int(p) for p in args.points.split(",")], args.repeats)
     print(f"device {resolve_device(args.device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'model':>15} {'P':>3} {'points':>6} {'1-by-1 s':>9} {'P-batched s':>11} {'ratio':>6} {'peak MB':>8} {'max rel diff':>12}")
     for r in rows:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from awp.attacks import AttackConfig
 from awp.config import resolve_device
 from awp.errors import UserError
+from awp.kernels import Kernels
 from landscape.core import engine
 from landscape.core import sharpness as sharp
 from landscape.core.directions import DIRECTIONS, NORMALIZATIONS, random_specs
@@ -106,11 +107,13 @@ def landscape_model(
     progress: bool = False,
     chunk: int | None = None,
     points_per_batch: int | str = "auto",
+    kernels: Kernels | None = None,
 ) -> Landscape:
     """rho (and the natural loss, both accuracies, their standard errors) at every point of `grid` around
     the model's weights, with PGD on the fly at each (Alg. 1). `out`: flush a results file after every
     chunk and resume it if it exists with the same settings and weights. `points_per_batch`: weight
-    points per vmapped pass (`landscape.core.points`; 1 = in place, one at a time)."""
+    points per vmapped pass (`landscape.core.points`; 1 = in place, one at a time). `kernels`: an
+    `awp.kernels.Kernels` (precision under autocast; channels_last and compile prepare the model in place)."""
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     attack = AttackConfig() if attack is None else attack
@@ -119,6 +122,8 @@ def landscape_model(
     _check(batch_size, "batch_size", isinstance(batch_size, int) and batch_size >= 1, "an int >= 1")
     _check(chunk, "chunk", chunk is None or (isinstance(chunk, int) and chunk >= 1), "None or an int >= 1")
     points = parse_points(points_per_batch)
+    kernels = Kernels() if kernels is None else kernels
+    _check(kernels, "kernels", isinstance(kernels, Kernels), "None or an awp.kernels.Kernels")
     _check(normalize, "normalize", normalize in NORMALIZATIONS, f"one of {', '.join(NORMALIZATIONS)}")
     _check(bn, "bn", bn in engine.BN_MODES, f"one of {', '.join(engine.BN_MODES)}")
     check_size(1, grid.dims, grid.shape)
@@ -129,7 +134,7 @@ def landscape_model(
     ident = CheckpointId("<memory>", None, weights_sha256(model.state_dict()), type(model).__name__)
     config = {"command": "api", "model": type(model).__name__, "directions": specs, "attack": asdict(attack),
               "seed": seed, "normalize": normalize, "include_bn": include_bn, "bn": bn, "batch_size": batch_size,
-              "fixed_adv": fixed_adv, "dims": list(grid.dims),
+              "fixed_adv": fixed_adv, "dims": list(grid.dims), **kernels.decides(),
               "axes": {d: [float(a[0]), float(a[-1]), len(a)] for d, a in zip(grid.dims, grid.axes)}}
     if grid.kind == "curves":
         alphas = grid.axis("alpha")
@@ -143,8 +148,10 @@ def landscape_model(
         results.runtime["examples"] = sum(len(b.y) for b in batches)
         n = chunk or (len(grid.axis("alpha")) if grid.kind == "curves" else 4)  # about a direction per flush
         p = points_per_pass(points, device, batch_size)
-        results.runtime["points_per_batch"] = p
-        return Job([lambda d: model.to(d).eval()], batches, attack, bn, bn_inputs, fixed_adv, {}, n, points=p)
+        kernels.check(device)
+        results.runtime.update(points_per_batch=p, kernels=kernels.record())
+        build = lambda d: kernels.prepare(model.to(d).eval())
+        return Job([build], batches, attack, bn, bn_inputs, fixed_adv, {}, n, points=p, kernels=kernels)
 
     path = Path(out) if out is not None else None
     with _kept(model):
@@ -157,7 +164,7 @@ def probe_model(model: nn.Module, data: Any, *, alphas: Any = np.linspace(-1, 1,
     """The 1-D landscape rho(w + alpha d_k) along `dirs` random filter-normalized directions (Figure 1,
     Appendix B.2): [checkpoint, direction, alpha]. `alphas` must contain 0. Takes every keyword of
     `landscape_model` (attack, directions, seed, normalize, include_bn, bn, bn_data, fixed_adv,
-    batch_size, device, radius, out, overwrite, progress, chunk, points_per_batch)."""
+    batch_size, device, radius, out, overwrite, progress, chunk, points_per_batch, kernels)."""
     _check(dirs, "dirs", isinstance(dirs, int) and not isinstance(dirs, bool) and dirs >= 1, "an int >= 1")
     if kwargs.get("directions") is not None:
         dirs = len(kwargs["directions"])

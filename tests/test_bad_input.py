@@ -178,6 +178,10 @@ ROWS: list[Row] = [
         (MEMORY,)),
     Row("train-seed-negative", VALUE, cmd("train-awp", "--seed", "-1"), ("seed",)),
     Row("train-bn-clean-unknown", VALUE, cmd("train-awp", "--bn-clean", "sometimes"), ("sometimes", "reference", "frozen")),
+    Row("train-precision-unknown", VALUE, cmd("train-awp", "--precision", "fp8"), ("fp8", "fp32", "bf16", "fp16")),
+    # precision changes the numbers: run.h5 (fp32) does not resume under bf16
+    Row("train-resume-other-precision", VALUE, raw("train-awp", "-o", "run.h5", "--resume", "--precision", "bf16"),
+        ("precision", "bf16", "fp32")),
     Row("train-l2-start-unknown", VALUE, cmd("train-awp", "--norm", "l2", "--l2-start", "sphere"), ("sphere", "reference", "ball")),
     Row("train-seed-huge", VALUE, cmd("train-awp", "--seed", "99999999999999999999"), ("seed",)),
     Row("train-config-eps-true", VALUE, cmd("train-awp", "--config", "eps_true.toml"), ("eps",)),
@@ -202,6 +206,8 @@ ROWS: list[Row] = [
     Row("probe-alphas-one-point", VALUE, cmd("probe", "run.h5", "--alphas", "-1:1:1"), ("alpha",)),
     Row("probe-alphas-huge", VALUE, cmd("probe", "run.h5", "--alphas", "-1:1:1000000000"), ("alpha",)),
     Row("probe-dirs-0", VALUE, cmd("probe", "run.h5", "--dirs", "0"), ("dirs",)),
+    Row("probe-points-per-batch-0", VALUE, cmd("probe", "run.h5", "--points-per-batch", "0"), ("--points-per-batch", "'0'", "auto")),
+    Row("plot2d-points-per-batch-word", VALUE, cmd("plot2d", "run.h5", "--points-per-batch", "many"), ("--points-per-batch", "many")),
     Row("probe-dirs-huge", VALUE, cmd("probe", "run.h5", "--dirs", "1000000000"), ("dirs",)),
     Row("probe-radius-outside", VALUE, cmd("probe", "run.h5", "--radius", "5"), ("--radius",)),
     Row("probe-epoch-unknown", VALUE, cmd("probe", "run.h5", "--epoch", "nope"), ("nope",)),
@@ -231,6 +237,8 @@ ROWS: list[Row] = [
         ("tinyimages", "npz:PATH")),
     Row("train-at-es-without-val", VALUE, cmd("train-awp", "--method", "at-es", "--val-split", "0"), ("at-es", "--val-split")),
     Row("probe-bn-unknown", VALUE, cmd("probe", "run.h5", "--bn", "nope"), ("nope",)),
+    Row("probe-precision-unknown", VALUE, cmd("probe", "run.h5", "--precision", "fp8"), ("fp8", "fp32", "bf16", "fp16")),
+    Row("plot2d-precision-unknown", VALUE, cmd("plot2d", "run.h5", "--precision", "fp8"), ("fp8", "fp32", "bf16", "fp16")),
     Row("probe-pgd-negative", VALUE, cmd("probe", "run.h5", "--pgd", "-1"), ("--pgd",)),
     Row("probe-samples-negative", VALUE, cmd("probe", "run.h5", "--samples", "-3"), ("--samples",)),
     Row("probe-batch-size-0", VALUE, cmd("probe", "run.h5", "--batch-size", "0"), ("--batch-size",)),
@@ -340,14 +348,29 @@ ROWS: list[Row] = [
     Row("eval-samples-above-test-set", VALUE, cmd("eval", "run.h5", "--samples", "100000"), ("100000", "test set")),
     Row("eval-restarts-0", VALUE, cmd("eval", "run.h5", "--restarts", "0"), ("--restarts", "0")),
     Row("eval-aa-version", VALUE, cmd("eval", "run.h5", "--aa-version", "fast"), ("fast", "standard")),
+    Row("eval-precision-unknown", VALUE, cmd("eval", "run.h5", "--precision", "fp8"), ("fp8", "fp32", "bf16", "fp16")),
     Row("eval-o-not-json", VALUE, cmd("eval", "run.h5", "-o", "ev.h5"), ("ev.h5", ".json")),
     Row("eval-o-is-run", SAME, cmd("eval", "run.h5", "-o", "run.h5"), ("run.h5",)),
     Row("eval-registry-model-without-ckpt", CONTRA, cmd("eval", "--model", "smallcnn", "--dataset", "digits"), ("smallcnn", "random weights")),
     Row("eval-no-ckpt", CONTRA, cmd("eval"), ("CKPT", "--model")),
     Row("eval-text-as-pt", FILES, cmd("eval", "text.pt"), ("text.pt",)),
+
+    # -- 8. shards of a grid (plot2d --shard K/N, landscape merge, --launcher)
+    Row("plot2d-shard-k-above-n", VALUE, cmd("plot2d", "run.h5", "--shard", "3/2"), ("3/2", "K/N", "1 <= K <= N")),
+    Row("plot2d-shard-k-0", VALUE, cmd("plot2d", "run.h5", "--shard", "0/2"), ("0/2", "K/N", "1 <= K <= N")),
+    Row("plot2d-shard-not-k-of-n", VALUE, cmd("plot2d", "run.h5", "--shard", "abc"), ("abc", "K/N")),
+    Row("plot2d-launcher-without-shards", CONTRA, cmd("plot2d", "run.h5", "--launcher", "submitit-local"), ("--launcher", "--shards")),
+    Row("plot2d-shard-and-launcher", CONTRA, cmd("plot2d", "run.h5", "--shard", "1/2", "--launcher", "submitit-local", "--shards", "2"),
+        ("--shard 1/2", "--launcher")),
+    Row("merge-no-shards", VALUE, raw("merge", "out.h5"), ("shard results file", "OUT.h5")),
+    Row("merge-out-not-h5", VALUE, raw("merge", "out.txt", "p2d.h5"), ("out.txt", ".h5")),
+    Row("merge-run-file-as-shard", FILES, raw("merge", "out.h5", "run.h5"), ("run.h5", "landscape results", "--shard K/N")),
+    Row("merge-text-as-shard", FILES, raw("merge", "out.h5", "text.h5"), ("text.h5", "landscape results")),
+    Row("merge-other-settings", CONTRA, raw("merge", "out.h5", "p2d.h5", "p2d-pgd2.h5"), ("p2d-pgd2.h5", "attack.steps"),
+        setup="p2d_pgd2"),
 ]
 
-COMMANDS = ("train-awp", "info", "export", "probe", "plot2d", "gap", "report", "demo", "download", "presets", "eval")
+COMMANDS = ("train-awp", "info", "export", "probe", "plot2d", "gap", "report", "demo", "download", "presets", "eval", "merge")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +398,16 @@ SETUPS = {
     "dl": lambda d: (d / "dl").mkdir(),  # an empty data dir: a half-downloaded file in it would show
     # RGB 8x8 images: the wrong [C, H, W] for digits' [1, 8, 8]
     "rgb_npz": lambda d: __import__("numpy").savez(d / "rgb.npz", x=__import__("numpy").zeros((4, 3, 8, 8), "float32")),
+    "p2d_pgd2": lambda d: _p2d_other_steps(d),  # p2d.h5 as if computed with --pgd 2: a shard of other settings
 }
+
+
+def _p2d_other_steps(d: Path) -> None:
+    shutil.copy2(d / "p2d.h5", d / "p2d-pgd2.h5")
+    with h5py.File(d / "p2d-pgd2.h5", "r+") as f:
+        config = json.loads(f.attrs["config"])
+        config["attack"]["steps"] = 2
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -171,3 +171,17 @@ def test_cuda_many_equals_one_by_one(trained_smallcnn, data):
     for a, b in zip(one, points.evaluate_many(model, pts, batches, ATTACK, base=w)):
         for k in ("adv_loss", "nat_loss"):
             assert b.reduce()[k] == pytest.approx(a[k], rel=1e-3)  # TF32/cuDNN algorithms may differ by P
+
+
+def test_bf16_landscape_within_tolerance_of_fp32(trained_smallcnn, data):
+    """--precision bf16 through the engine (both paths): the landscape's adversarial losses stay within
+    the documented bf16 tolerance of fp32 (0.01 absolute on a mean cross-entropy, as `test_kernels`)."""
+    from awp.kernels import Kernels
+
+    kw = dict(alphas=[-0.5, 0, 0.5], dirs=1, attack=ATTACK, batch_size=64)
+    fp32 = probe_model(trained_smallcnn, data, **kw)
+    for p in (1, 3):
+        bf16 = probe_model(trained_smallcnn, data, points_per_batch=p, kernels=Kernels("bf16"), **kw)
+        assert bf16.config["precision"] == "bf16" and bf16.runtime["kernels"]["precision"] == "bf16"
+        diff = np.abs(bf16.values["adv_loss"] - fp32.values["adv_loss"])
+        assert 0 < diff.max() <= 0.01  # bf16 did change the numbers (autocast is on), within tolerance

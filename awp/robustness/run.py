@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from awp.attacks import model_mode
 from awp.data import batches
+from awp.kernels import Kernels
 from awp.robustness.attacks import EvalAttack, Threat, correct
 from awp.stopping import stop_requested
 
@@ -92,12 +93,16 @@ def run_evaluation(
     save: Callable[[], None] = lambda: None,
     save_every_s: float = 2.0,
     bar: BarFactory | None = None,
+    kernels: Kernels = Kernels(),
 ) -> bool:
     """Fill the pending entries of every tally, attack after attack, in eval mode; `save()` is called at
     most every `save_every_s` seconds and after each attack. Returns False when Ctrl-C asked to stop
-    (after the current batch, saved), True when every attack is complete."""
+    (after the current batch, saved), True when every attack is complete. Each batch's clean forward and
+    attack run under `kernels.autocast` with its inputs in the kernels' memory format; the model is
+    expected to be `kernels.prepare`d already; attacks get its logits as float32 (`Kernels.float_logits`)."""
     n = len(ds)
     last_save = time.perf_counter()
+    target = kernels.float_logits(model)  # attacks see float32 logits (AutoAttack needs them)
     with model_mode(model, train=False):
         for attack in evaluation.attacks:
             tally = evaluation.tallies.setdefault(attack.name, Tally.empty(n))
@@ -113,9 +118,11 @@ def run_evaluation(
                         return False
                     t0 = time.perf_counter()
                     gen = torch.Generator().manual_seed(batch_seed(seed, attack.name, index))
-                    with torch.no_grad():
-                        clean = correct(model(x), y)
-                    robust = attack.run(model, x, y, clean, evaluation.threat, gen)
+                    x = kernels.inputs(x)
+                    with kernels.autocast(x.device):
+                        with torch.no_grad():
+                            clean = correct(model(x), y)
+                        robust = attack.run(target, x, y, clean, evaluation.threat, gen)
                     tally.robust[lo:hi] = robust.to(torch.int8).cpu().numpy()  # the copy syncs the device
                     tally.seconds += time.perf_counter() - t0
                     if b is not None:
@@ -130,13 +137,17 @@ def run_evaluation(
 
 def evaluate_model(model: nn.Module, ds: Dataset, attacks: str = "natural,fgsm,pgd20", *, eps: float = 8 / 255,
                    norm: str = "linf", step_size: float | None = None, restarts: int = 1, aa_version: str = "standard",
-                   batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu") -> Evaluation:
+                   batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu",
+                   kernels: Kernels = Kernels()) -> Evaluation:
     """The library form of `landscape eval` for your own model (pixels in [0, 1]) and Dataset of (x, y):
-    `ev.tallies["pgd20"].accuracy()`, `ev.overall()` (per example, worst case over `attacks`)."""
+    `ev.tallies["pgd20"].accuracy()`, `ev.overall()` (per example, worst case over `attacks`). `kernels`
+    (`awp.kernels.Kernels`): precision and kernels; the model is prepared in place (channels_last, compile)."""
     from awp.robustness.attacks import parse_attacks
 
     threat = Threat(norm=norm, eps=eps, step_size=eps / 4 if step_size is None else step_size, restarts=restarts,
                     aa_version=aa_version)
     evaluation = Evaluation(parse_attacks(attacks), threat)
-    run_evaluation(model, ds, evaluation, batch_size=batch_size, seed=seed, device=device)
+    kernels.check(device)
+    run_evaluation(kernels.prepare(model), ds, evaluation, batch_size=batch_size, seed=seed, device=device,
+                   kernels=kernels)
     return evaluation

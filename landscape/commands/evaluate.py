@@ -17,6 +17,7 @@ from awp.attacks import AttackConfig
 from awp.config import check_nonnegative_int, check_positive_int, check_seed, resolve_device
 from awp.data import class_stratified_subset, dataset_labels
 from awp.errors import Interrupted, UserError
+from awp.kernels import Kernels
 from awp.robustness import Evaluation, Threat, parse_attack, parse_attacks, run_evaluation
 from awp.robustness.attacks import DEFAULT_ATTACKS
 from awp.robustness import autoattack
@@ -53,8 +54,16 @@ class EvalConfig:
     out: str | None = None  # the JSON; per-example results go beside it (.examples.h5)
     overwrite: bool = False
     progress: bool = True
+    precision: str = "fp32"  # awp.kernels: autocast dtype of the attacks' and the clean forwards
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def kernels(self) -> Kernels:
+        return Kernels(self.precision, self.channels_last, self.compile)
 
     def __post_init__(self) -> None:
+        Kernels(self.precision, self.channels_last, self.compile)  # a bad --precision: one line naming the accepted ones
         parse_attacks(self.attacks)
         check_positive_int(self.restarts, "--restarts")
         check_nonnegative_int(self.samples, "--samples")
@@ -118,6 +127,8 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True, highlight=False)
     attacks = _attacks(cfg)
     device = resolve_device(cfg.device)
+    kernels = cfg.kernels
+    kernels.check(device)
     if cfg.checkpoint is None:
         source = open_model_source(cfg.arch, cfg.dataset, cfg.data_dir, cfg.arch_kwargs)
     else:
@@ -135,8 +146,10 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
     _check_json_output(out, inputs, cfg.overwrite)
     check_output(per_example, "-o", inputs=inputs, overwrite=cfg.overwrite, writes="per-example results",
                  resumes="awp-landscape-eval-examples")
+    # The precision decides the numbers (absent at fp32: evaluations made before it existed resume and keep
+    # their run-file records); channels_last and compile only the speed, so they are in "kernels" alone.
     options = {"dataset": source.dataset, "split": "test", "samples": cfg.samples, "n": len(ds), "seed": cfg.seed,
-               "batch_size": cfg.batch_size}
+               "batch_size": cfg.batch_size, **kernels.decides()}
     config = {**options, "threat": asdict(threat)}
     records: list[dict[str, Any]] = []
     with exclusive(per_example), graceful_stop():
@@ -146,7 +159,7 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
             for a in attacks:
                 entry.settings[a.name] = a.settings(threat)
             evaluation = Evaluation(attacks, threat, entry.tallies)
-            model = ckpt.build(device)
+            model = kernels.prepare(ckpt.build(device))
             console.print(f"[bold]{ckpt.ident.label}[/] of {source.path.name}: {len(ds)} test examples, "
                           f"{threat.norm} eps {threat.eps:.4g}")
 
@@ -154,7 +167,7 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
                 return PointBar(total, cfg.progress, f"{label} {name}", unit="examples", completed=done)
 
             finished = run_evaluation(model, ds, evaluation, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
-                                      save=lambda: results.save(per_example), bar=bar)
+                                      save=lambda: results.save(per_example), bar=bar, kernels=kernels)
             if not finished:
                 raise Interrupted(f"{str(per_example)!r} keeps the per-example results of every finished batch")
             checkpoint = {"path": ckpt.ident.source, "epoch": ckpt.ident.epoch, "sha256": ckpt.ident.sha256,
@@ -162,6 +175,7 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
             clean = entry.tallies[next(a.name for a in attacks if a.family == "natural")].robust
             record = evaluation_record(evaluation, dataset=source.dataset, architecture=source.arch,
                                        checkpoint=checkpoint, options=options, clean=clean)
+            record["kernels"] = kernels.record()
             records.append(record)
             print_table(record, console)
             if source.kind == "run":

@@ -15,10 +15,11 @@ from awp.attacks import AttackConfig, threat_model
 from awp.config import check_nonnegative_int, check_positive_int, check_seed
 from awp.data import class_stratified_subset
 from awp.errors import UserError
+from awp.kernels import Kernels
 from landscape.core import engine
 from landscape.core.directions import normalization
 from landscape.core.points import parse_points, points_per_pass
-from landscape.pipeline.compute import Job
+from landscape.pipeline.compute import Build, Job
 from landscape.storage.results import Landscape
 
 SPLITS = ("train", "test")  # Algorithm 1 uses the training data
@@ -53,8 +54,17 @@ class LandscapeOptions:
     out: str | None = None  # results .h5; figures go beside it
     overwrite: bool = False
     progress: bool = True
+    precision: str = "fp32"  # awp.kernels.PRECISIONS: autocast dtype at every point (changes numbers)
+    channels_last: bool = False  # weights and batches in channels_last (speed only)
+    compile: bool = False  # torch.compile of each checkpoint's model (speed only)
+
+    @property
+    def kernels(self) -> Kernels:
+        """How every forward runs (`awp.kernels.Kernels`)."""
+        return Kernels(self.precision, self.channels_last, self.compile)
 
     def __post_init__(self) -> None:
+        Kernels(self.precision, self.channels_last, self.compile)  # a bad --precision: one line, the accepted ones
         check_nonnegative_int(self.steps, "--pgd")
         check_nonnegative_int(self.samples, "--samples")
         check_positive_int(self.batch_size, "--batch-size")
@@ -105,10 +115,17 @@ def resolve_attack(cfg: LandscapeOptions, trained: AttackConfig | None, source: 
 
 
 def recorded_options(cfg: LandscapeOptions, attack: AttackConfig) -> dict[str, Any]:
-    """The shared options that decide the numbers, for the results file's config."""
+    """The shared options that decide the numbers, for the results file's config. The precision is one
+    (absent at fp32, so files written before it existed resume); channels_last and compile only change
+    the speed and go to the runtime record (`job_for`)."""
     return {"attack": asdict(attack), "split": cfg.split, "samples": cfg.samples, "batch_size": cfg.batch_size,
             "seed": cfg.seed, "normalize": cfg.normalize, "include_bn": cfg.include_bn, "bn": cfg.bn,
-            "bn_batches": cfg.bn_batches if cfg.bn == "recalibrate" else 0}
+            "bn_batches": cfg.bn_batches if cfg.bn == "recalibrate" else 0, **cfg.kernels.decides()}
+
+
+def prepared(build: Build, kernels: Kernels) -> Build:
+    """`build` whose model comes back `kernels.prepare`d (channels_last weights, compiled forward)."""
+    return lambda device: kernels.prepare(build(device))
 
 
 def probe_data(cfg: LandscapeOptions, source: Any, attack: AttackConfig, device: torch.device):
@@ -116,6 +133,8 @@ def probe_data(cfg: LandscapeOptions, source: Any, attack: AttackConfig, device:
     train_ds, test_ds = source.datasets()
     ds = class_stratified_subset({"train": train_ds, "test": test_ds}[cfg.split], cfg.samples, cfg.seed)
     batches = engine.fixed_batches(ds, cfg.batch_size, attack, seed=cfg.seed, device=device)
+    k = cfg.kernels
+    batches = [engine.ProbeBatch(k.inputs(b.x), b.y, k.inputs(b.delta0)) for b in batches]  # --channels-last
     bn_inputs: list[torch.Tensor] = []
     if cfg.bn == "recalibrate":
         calib = class_stratified_subset(train_ds, cfg.bn_batches * cfg.batch_size, cfg.seed + 1)
@@ -125,10 +144,14 @@ def probe_data(cfg: LandscapeOptions, source: Any, attack: AttackConfig, device:
 
 def job_for(cfg: LandscapeOptions, source: Any, attack: AttackConfig, results: Landscape, device: torch.device,
             chunk: int, fixed_adv: bool = False, targets: dict | None = None) -> Job:
-    """The compute job of a landscape command: its checkpoints' models, data and attack."""
+    """The compute job of a landscape command: its checkpoints' models (prepared per `cfg.kernels`),
+    data and attack."""
+    kernels = cfg.kernels
+    kernels.check(device)  # a precision torch cannot run here: one line, before any compute
     batches, bn_inputs, n = probe_data(cfg, source, attack, device)
     results.runtime["examples"] = n
+    results.runtime["kernels"] = kernels.record()  # where and how it ran; a resume may change the speed options
     p = points_per_pass(parse_points(cfg.points_per_batch), device, cfg.batch_size)
     results.runtime["points_per_batch"] = p  # float rounding only: a resume may use another P
-    return Job([c.build for c in source.checkpoints], batches, attack, cfg.bn, bn_inputs, fixed_adv,
-               targets or {}, cfg.chunk or chunk, points=p)
+    return Job([prepared(c.build, kernels) for c in source.checkpoints], batches, attack, cfg.bn, bn_inputs,
+               fixed_adv, targets or {}, cfg.chunk or chunk, points=p, kernels=kernels)

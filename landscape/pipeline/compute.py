@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from awp.attacks import AttackConfig
+from awp.kernels import Kernels
 from awp.stopping import stop_requested
 from awp.weights import snapshot
 from landscape.core import engine
@@ -42,6 +43,7 @@ class Job:
     targets: Mapping[str, Build] = field(default_factory=dict)
     chunk: int = 4  # points per rank between flushes (rounded up to a multiple of `points`)
     points: int = 1  # weight points per pass (`--points-per-batch`): 1 moves the model in place, P > 1 vmaps
+    kernels: Kernels = Kernels()  # precision (autocast) and memory format; `builds` return prepared models
 
 
 class _Current:
@@ -69,7 +71,7 @@ class _Current:
         self.dirs: dict[int, dict[str, Tensor]] = {}
         self.fixed = None
         if self.job.fixed_adv:  # the ablation: examples made once against w
-            with engine.bn_mode(self.job.bn)(self.model, self.job.bn_inputs):
+            with engine.bn_mode(self.job.bn)(self.model, self.job.bn_inputs), self.job.kernels.autocast(self.device):
                 self.fixed = engine.adversarial_examples(self.model, self.job.batches, self.job.attack)
         self.c = c
         return self
@@ -100,9 +102,10 @@ class _Current:
         """The values at these points of the current checkpoint: in place one by one, or all in one
         vmapped pass (`landscape.core.points`) when there are several."""
         job, kw = self.job, dict(base=self.base, bn=self.job.bn, bn_inputs=self.job.bn_inputs, fixed_adv=self.fixed)
-        if len(flats) == 1:
-            return [engine.evaluate_at(self.model, self.terms(flats[0]), job.batches, job.attack, **kw).reduce()]  # Eq. 5
-        sums = evaluate_many(self.model, [self.terms(f) for f in flats], job.batches, job.attack, **kw)
+        with job.kernels.autocast(self.device):  # --precision: every forward of the point (fp32: none)
+            if len(flats) == 1:
+                return [engine.evaluate_at(self.model, self.terms(flats[0]), job.batches, job.attack, **kw).reduce()]  # Eq. 5
+            sums = evaluate_many(self.model, [self.terms(f) for f in flats], job.batches, job.attack, **kw)
         return [s.reduce() for s in sums]
 
 

@@ -98,7 +98,7 @@ def execute(plan_fn: Callable[[], Plan], *, device: str = "auto", overwrite: boo
                 plan = plan_fn()
                 results = Landscape.load(plan.out)  # rank 0 has written it: resumed, never replaced
             points, stopped = 0, False
-            if not results.complete:
+            if results.pending():  # this file's points (its shard's under --shard) not yet done
                 job = plan.job(results, ctx.device)
                 flush = (lambda: results.save(plan.out)) if plan.out is not None else (lambda: None)
                 points, stopped = compute(results, job, ctx, flush=flush, progress=progress)

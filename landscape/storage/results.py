@@ -255,17 +255,26 @@ class Landscape:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """(K, N) when this file computes only shard K of N of its grid (`config["shard"]`, plot2d --shard)."""
+        s = self.config.get("shard")
+        return None if s is None else (int(s[0]), int(s[1]))
+
+    def points(self, shard: tuple[int, int] | None = None) -> list[tuple[int, int | None]]:
+        """Every point to compute, done or not, in order: (c, None) for checkpoint c's origin, then (c, flat)
+        for its grid points off the origin (those are filled from it). Shard (K, N) is every N-th of them
+        from the K-th: round-robin, so shards are near-equal, fixed by the grid alone, the origin in shard 1."""
+        off = np.ones(self.grid.size, dtype=bool)
+        off[self.grid.at_origin()] = False
+        flats = [int(f) for f in np.flatnonzero(off)]
+        out = [p for c in range(len(self.checkpoints)) for p in [(c, None), *((c, f) for f in flats)]]
+        return out if shard is None else out[shard[0] - 1 :: shard[1]]
+
     def pending(self) -> list[tuple[int, int | None]]:
-        """Work left, in order: (c, None) for checkpoint c's origin, then (c, flat) for its grid points
-        not done and not at the origin (those are filled from it)."""
-        todo = ~self.done.reshape(len(self.checkpoints), -1)
-        todo[:, self.grid.at_origin()] = False  # filled from the origin
-        out: list[tuple[int, int | None]] = []
-        for c in range(len(self.checkpoints)):
-            if not self.origin_done[c]:
-                out.append((c, None))
-            out.extend((c, int(f)) for f in np.flatnonzero(todo[c]))
-        return out
+        """Work left, in order: the points of this file's shard (all of them without one) not yet done."""
+        done = self.done.reshape(len(self.checkpoints), -1)
+        return [(c, f) for c, f in self.points(self.shard) if not (self.origin_done[c] if f is None else done[c, f])]
 
     def set_point(self, c: int, flat: int | None, point: Mapping[str, float]) -> None:
         """Store one point (`point` has every name of FIELDS: `engine.PointSums.reduce()`); flat None is
