@@ -347,7 +347,8 @@ ResumeOverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start ove
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_PO)]
 
 
-def _kwargs_json(text: Optional[str]) -> Optional[dict]:
+def _json_object(text: Optional[str], flag: str, example: str) -> Optional[dict]:
+    """A flag's JSON object (None when not given); anything else one line naming the flag and an example."""
     import json
 
     if text is None:
@@ -355,10 +356,14 @@ def _kwargs_json(text: Optional[str]) -> Optional[dict]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"--model-kwargs {text!r} is not JSON ({e.msg}); give an object, e.g. '{{\"depth\": 16}}'") from None
+        raise UserError(f"{flag} {text!r} is not JSON ({e.msg}); give an object, e.g. '{example}'") from None
     if not isinstance(value, dict):
-        raise UserError(f"--model-kwargs {text!r} is not a JSON object; give e.g. '{{\"depth\": 16}}'")
+        raise UserError(f"{flag} {text!r} is not a JSON object; give e.g. '{example}'")
     return value
+
+
+def _kwargs_json(text: Optional[str]) -> Optional[dict]:
+    return _json_object(text, "--model-kwargs", '{"depth": 16}')
 
 
 def _landscape_flags(
@@ -473,17 +478,7 @@ LauncherParamsOpt = Annotated[Optional[str], typer.Option("--launcher-params", h
 
 
 def _launcher_params(text: Optional[str]) -> Optional[dict]:
-    import json
-
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"--launcher-params {text!r} is not JSON ({e.msg}); give an object, e.g. '{{\"timeout_min\": 240}}'") from None
-    if not isinstance(value, dict):
-        raise UserError(f"--launcher-params {text!r} is not a JSON object; give e.g. '{{\"timeout_min\": 240}}'")
-    return value
+    return _json_object(text, "--launcher-params", '{"timeout_min": 240}')
 
 
 @app.command()

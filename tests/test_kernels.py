@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from awp.attacks import AttackConfig, pgd
-from awp.data import batches, load_dataset
 from awp.errors import UserError
 from awp.evaluate import evaluate
 from awp.kernels import PRECISIONS, Kernels, KernelWarning
@@ -36,7 +35,7 @@ TINY = {
     "device": "cpu", "threads": 1,
 }
 
-# bf16 vs fp32 on a smallcnn adversarially trained here (4 epochs, eps 0.2), 500 test images, PGD-10 at
+# bf16 vs fp32 on conftest's smallcnn recipe (adversarially trained 4 epochs, eps 0.2), 500 test images, PGD-10 at
 # eps 0.1 and 0.2, PGD run on the fly under each precision: measured over 3 training seeds, the mean
 # adversarial cross-entropy differed by at most 0.0011 (of ~2.2; the natural one by 0.0004) and robust
 # accuracy by at most 0.006 (3 of 500 examples). Allowed, with margin (README, "Precision and kernels"):
@@ -58,30 +57,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def digits_data():
-    return load_dataset("digits")
+def digits_data(digits):
+    return digits
 
 
 @pytest.fixture(scope="module")
-def trained(digits_data):
-    """A smallcnn adversarially trained for 4 epochs on 600 digits (conftest's recipe, one thread), eval mode."""
-    info = digits_data.info
-    with one_thread():
-        torch.manual_seed(0)
-        model = create_model("smallcnn", info.num_classes, info.in_channels, info.mean, info.std)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        gen = torch.Generator().manual_seed(0)
-        x_all, y_all = digits_data.train.tensors
-        subset = torch.utils.data.TensorDataset(x_all[:600], y_all[:600])
-        model.train()
-        for _ in range(4):
-            for x, y in batches(subset, 64, shuffle=True, generator=gen):
-                x_adv = pgd(model, x, y, eps=0.2, step_size=0.05, steps=3, generator=gen)
-                loss = F.cross_entropy(model(x_adv), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return model.eval()
+def trained(trained_smallcnn):
+    """conftest's smallcnn, adversarially trained for 4 epochs on 600 digits (eps 0.2), eval mode."""
+    return trained_smallcnn
 
 
 @pytest.fixture(scope="module")
