@@ -12,7 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread in the tests and in the CLI processes they start (OMP_NUM_THREADS): tiny models gain
+# nothing from a second thread, and on a busy 2-core machine 2 threads ran test_engine + test_eval 6x
+# slower (148 s against 23 s, measured here). AWP_TEST_THREADS=N chooses another count.
+THREADS = int(os.environ.get("AWP_TEST_THREADS", "1"))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 ROOT = Path(__file__).resolve().parents[1]
 
