@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test venv clean bench-attacks
+.PHONY: demo test venv clean bench bench-attacks
 
 venv: $(VENV)/.installed
 
@@ -20,12 +20,20 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Our PGD against torchattacks' (installed only in .venv-bench, never a dependency of the project).
-.venv-bench/.installed: pyproject.toml
+# The benchmarks' own environment: the project plus the peer libraries it is compared with (torchattacks,
+# the Adversarial Robustness Toolbox), never dependencies of the project. torch is pinned to .venv's
+# version when .venv exists, so pip reuses that build instead of fetching another.
+.venv-bench/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/pip install --quiet -e . torchattacks
+	TV=$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null); \
+	.venv-bench/bin/pip install --quiet -e . torchattacks adversarial-robustness-toolbox $${TV:+"torch==$$TV"}
 	touch $@
 
+# Every benchmark, one table of ratios measured in one run (bench/run_all.py; about 7 minutes on 2 CPU cores).
+bench: .venv-bench/.installed
+	.venv-bench/bin/python bench/run_all.py
+
+# Our PGD against torchattacks' alone, with its own detailed printout.
 bench-attacks: .venv-bench/.installed
 	.venv-bench/bin/python bench/attack_peers.py
 

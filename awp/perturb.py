@@ -5,9 +5,10 @@ parameters, so their `.grad` (the optimizer's business) is never touched; the pe
 in place and removed by copying the saved weights back, which is exact (w + v - v is not, in floats).
 
 The math is in pure layer-wise functions on lists of per-layer tensors (`project_gamma` Eq. 15,
-`ascent_step` Eq. 10, fused `torch._foreach_*` kernels so AWP's overhead stays near its one extra
-forward/backward); `find_perturbation` runs Eq. 10 for K2 steps, `perturbed` is Eq. 11's "go to w + v, come back to w", `frozen_batchnorm` keeps
-BatchNorm running statistics untouched while v is searched (the reference searched on a copy).
+`ascent_step` Eq. 10, fused `torch._foreach_*` kernels, no host syncs, few allocations, so AWP's
+overhead stays near its one extra forward/backward); `find_perturbation` runs Eq. 10 for K2 steps,
+`perturbed` is Eq. 11's "go to w + v, come back to w", `frozen_batchnorm` keeps BatchNorm running
+statistics untouched while v is searched (the reference searched on a copy).
 """
 
 from __future__ import annotations
@@ -84,20 +85,29 @@ def layer_norms(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(list(tensors)))
 
 
-def project_gamma(v: Sequence[Tensor], w_norms: Tensor, gamma: float) -> list[Tensor]:
-    """Eq. 15: Pi_gamma(v)_l = gamma * ||w_l|| / ||v_l|| * v_l if ||v_l|| > gamma * ||w_l||, else v_l."""
+def _gamma_scale(v: Sequence[Tensor], w_norms: Tensor, gamma: float) -> list[Tensor]:
+    """Eq. 15's factor per layer, as 0-d tensors: gamma * ||w_l|| / ||v_l|| where ||v_l|| > gamma * ||w_l||,
+    else 1 (multiplying by it is then exact)."""
     radius = gamma * w_norms  # Eq. 8: ||v_l|| <= gamma * ||w_l||, [L]
     v_norms = layer_norms(v)
-    scale = torch.where(v_norms > radius, radius / v_norms.clamp_min(_TINY), 1.0)  # [L]
-    return list(torch._foreach_mul(list(v), list(scale.unbind())))
+    return list(torch.where(v_norms > radius, radius / v_norms.clamp_min(_TINY), 1.0).unbind())  # L x []
+
+
+def project_gamma(v: Sequence[Tensor], w_norms: Tensor, gamma: float) -> list[Tensor]:
+    """Eq. 15: Pi_gamma(v)_l = gamma * ||w_l|| / ||v_l|| * v_l if ||v_l|| > gamma * ||w_l||, else v_l."""
+    return list(torch._foreach_mul(list(v), _gamma_scale(v, w_norms, gamma)))
 
 
 def ascent_step(v: Sequence[Tensor], g: Sequence[Tensor], w_norms: Tensor, eta2: float, gamma: float) -> list[Tensor]:
     """Eq. 10: v_l <- Pi_gamma(v_l + eta2 * g_l / ||g_l|| * ||w_l||), g_l the gradient of the mean
-    adversarial loss with respect to v_l (= with respect to the weights at w + v)."""
+    adversarial loss with respect to v_l (= with respect to the weights at w + v). Neither v nor g is
+    modified: the step is built in new tensors, which the projection then scales in place (the same
+    numbers as out of place, fewer allocations: this runs once per training step)."""
     scale = eta2 * w_norms / layer_norms(g).clamp_min(_TINY)  # [L]; a zero gradient gives a zero step
-    stepped = torch._foreach_add(list(v), torch._foreach_mul(list(g), list(scale.unbind())))
-    return project_gamma(stepped, w_norms, gamma)  # Eq. 15
+    stepped = torch._foreach_mul(list(g), list(scale.unbind()))
+    torch._foreach_add_(stepped, list(v))  # v_l + step_l (float addition commutes: bit for bit v + step)
+    torch._foreach_mul_(stepped, _gamma_scale(stepped, w_norms, gamma))  # Eq. 15
+    return list(stepped)
 
 
 def relative_norms(v: Mapping[str, Tensor], w: Mapping[str, Tensor]) -> dict[str, float]:
@@ -118,25 +128,38 @@ def perturbed(params: Params, v: Mapping[str, Tensor] | None = None) -> Iterator
         yield w
 
 
-def _batchnorm_buffers(model: nn.Module) -> list[Tensor]:
-    return [
-        b
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase)
-        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-        if b is not None
-    ]
+def _stops_tracking(m: nn.Module) -> bool:
+    """A BatchNorm with torch's own forward, tracking its statistics: with `track_running_stats` off, its
+    train-mode forward normalizes by the batch statistics exactly as with it on (the running statistics
+    are just not passed to `F.batch_norm`), and updates nothing, `num_batches_tracked` included."""
+    bn = nn.modules.batchnorm._BatchNorm
+    return isinstance(m, bn) and type(m).forward is bn.forward and m.track_running_stats
 
 
 @contextlib.contextmanager
 def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
     """Train-mode forward passes inside the block use batch statistics but leave BatchNorm running
-    statistics as they were (the reference ran these passes on a throw-away proxy model)."""
-    buffers = _batchnorm_buffers(model)
+    statistics as they were (the reference ran these passes on a throw-away proxy model).
+
+    torch's BatchNorm layers stop tracking for the block (`_stops_tracking`): nothing is updated, so
+    nothing is copied (this runs in every AWP step, where saving and restoring every buffer cost as much
+    as the whole Eq. 10 arithmetic). Other norm layers (SyncBatchNorm, subclasses with their own
+    forward) keep their buffers saved and copied back; so does every layer of a compiled model (`compile()`
+    in place), whose graph would be recompiled for the changed attribute."""
+    compiled = getattr(model, "_compiled_call_impl", None) is not None
+    modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    paused = [] if compiled else [m for m in modules if _stops_tracking(m)]
+    skip = {id(m) for m in paused}
+    buffers = [b for m in modules if id(m) not in skip
+               for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in buffers]
+    for m in paused:
+        m.track_running_stats = False
     try:
         yield
     finally:
+        for m in paused:
+            m.track_running_stats = True
         if buffers:
             with torch.no_grad():
                 torch._foreach_copy_(buffers, saved)
@@ -182,7 +205,8 @@ def find_perturbation(
                 if reduce_grads is not None:
                     g = reduce_grads(g)  # the same g on every rank: that of the global batch
                 v_list = ascent_step(v_list, g, w_norms, cfg.eta2, cfg.gamma)  # Eq. 10 + Eq. 15
-                torch._foreach_copy_(tensors, torch._foreach_add(w_list, v_list))  # the model at w + v
+                torch._foreach_copy_(tensors, w_list)  # the model at w + v: w_l + v_l computed in place,
+                torch._foreach_add_(tensors, v_list)  # the same sum as into a new tensor, no allocation
     return dict(zip(names, v_list))
 
 

@@ -18,7 +18,10 @@ AT with our pgd, 15 epochs of PGD-5, about 20 s on one CPU thread), so robust ac
 so it is not in the default run. The default run takes about a minute on a 2-core machine (make
 bench-attacks creating .venv-bench first: about 2.5 minutes more).
 
-torchattacks is installed only in the benchmark's own environment, never as a project dependency:
+`run` gives the rows of `bench/run_all.py` (PGD-10 and PGD-20 on the smallcnn; a row saying "skipped"
+where torchattacks is not installed). On a CPU at 1 thread the times are process CPU seconds
+(`bench.common.clock`). torchattacks is installed only in the benchmark's own environment, never as a
+project dependency:
 
     make bench-attacks                                      # creates .venv-bench, runs this with its defaults
     .venv-bench/bin/python bench/attack_peers.py --steps 10,20 --reps 5 --device cpu
@@ -32,7 +35,7 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,6 +49,7 @@ from awp.data import batches, class_stratified_subset, dataset_info, load_datase
 from awp.models import create_model  # noqa: E402
 from awp.robustness.attacks import correct  # noqa: E402
 from awp.trainconfig import THREAT_DEFAULTS  # noqa: E402
+from bench.common import Row, clock_name, timed  # noqa: E402
 
 MISSING = ("torchattacks is not installed in this environment; `make bench-attacks` creates .venv-bench "
            "with it and runs this")
@@ -61,11 +65,6 @@ SEMANTICS = [
     "ours keeps the caller's mode (train_mode=None), eval here",
     "copies: torchattacks clones inputs and labels on every call; ours only detaches",
 ]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def trained_smallcnn(device: torch.device, eps: float, epochs: int, train_size: int, train_steps: int):
@@ -92,7 +91,7 @@ def trained_smallcnn(device: torch.device, eps: float, epochs: int, train_size: 
 
 
 @dataclass
-class Row:
+class Measured:
     model: str
     steps: int
     n: int
@@ -105,7 +104,7 @@ class Row:
     differ: float = 0.0  # fraction of examples whose adversarial inputs differ, worst repetition
 
 
-def bench_row(torchattacks, name, model, x, y, eps, steps, reps, device, timing_only) -> Row:
+def bench_row(torchattacks, name, model, x, y, eps, steps, reps, device, timing_only) -> Measured:
     cfg = AttackConfig("linf", eps, eps / 4, steps, random_start=True)
     theirs_attack = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
     gen = torch.Generator(device=device)  # on the model's device, as torchattacks' global RNG draw
@@ -119,17 +118,13 @@ def bench_row(torchattacks, name, model, x, y, eps, steps, reps, device, timing_
 
     with torch.no_grad():
         clean = float(correct(model(x), y).float().mean())
-    row = Row(name, steps, len(y), eps, timing_only, clean)
+    row = Measured(name, steps, len(y), eps, timing_only, clean)
     ours(10_000), theirs(10_000)  # warm-up: allocator, kernels, cudnn autotuning
     for rep in range(reps):
         order = (("ours", ours), ("theirs", theirs)) if rep % 2 == 0 else (("theirs", theirs), ("ours", ours))
         adv = {}
         for side, fn in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            adv[side] = fn(rep)  # the same seed for both sides
-            _sync(device)
-            row.t[side].append(time.perf_counter() - t0)
+            row.t[side].append(timed(lambda: adv.__setitem__(side, fn(rep)), device))  # the same seed for both sides
         with torch.no_grad():
             for side, xa in adv.items():
                 assert (xa - x).abs().max() <= eps + 1e-6 and xa.min() >= 0 and xa.max() <= 1, side
@@ -138,6 +133,81 @@ def bench_row(torchattacks, name, model, x, y, eps, steps, reps, device, timing_
             row.max_diff = max(row.max_diff, float(d.max()))
             row.differ = max(row.differ, float((d > 0).float().mean()))
     return row
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One measurement (see the module docstring and `main`'s options for each field)."""
+
+    models: tuple[str, ...] = ("smallcnn",)
+    steps: tuple[int, ...] = (10, 20)
+    reps: int = 5
+    eps: float | None = None
+    examples: int = 500
+    random_examples: int = 8
+    epochs: int = 15
+    train_size: int = 0
+    train_steps: int = 5
+    device: str = "cpu"
+
+
+FULL = Settings(reps=9)  # run_all's rows: about half a minute on one busy core
+SMOKE = Settings(steps=(2,), reps=2, examples=64, random_examples=2, epochs=1, train_size=100)
+
+
+def row_name(steps: int) -> str:
+    return f"attacks: torchattacks PGD / ours (PGD-{steps})"
+
+
+def measure(torchattacks, s: Settings) -> tuple[list[Measured], list[str]]:
+    """One `Measured` per (model, steps), and a line per model saying what was attacked."""
+    device = resolve_device(s.device)
+    rows: list[Measured] = []
+    notes: list[str] = []
+    for name in s.models:
+        if name == "smallcnn":
+            eps = s.eps if s.eps is not None else THREAT_DEFAULTS[("digits", "linf")][0]
+            model, test, n_train, t_train = trained_smallcnn(device, eps, s.epochs, s.train_size, s.train_steps)
+            x, y = test.tensors
+            n = s.examples if 0 < s.examples < len(y) else len(y)
+            x, y = x[:n].to(device), y[:n].to(device)
+            notes.append(f"smallcnn: PGD-{s.train_steps} AT on {n_train} digits, {s.epochs} epochs, eps {eps:g}, "
+                         f"in {t_train:.1f} s; attacked: the first {n} digits test images")
+            timing_only = False
+        else:
+            eps = s.eps if s.eps is not None else THREAT_DEFAULTS[("cifar10", "linf")][0]
+            info = dataset_info("cifar10")
+            torch.manual_seed(0)
+            model = create_model("preactresnet18", 10, 3, info.mean, info.std).to(device).eval()
+            g = torch.Generator().manual_seed(0)
+            x = torch.rand(s.random_examples, 3, 32, 32, generator=g).to(device)
+            y = torch.randint(0, 10, (s.random_examples,), generator=g).to(device)
+            notes.append(f"preactresnet18: untrained, {s.random_examples} random 3x32x32 inputs and labels, "
+                         f"eps {eps:g}: timing only")
+            timing_only = True
+        for steps in s.steps:
+            rows.append(bench_row(torchattacks, name, model, x, y, eps, steps, s.reps, device, timing_only))
+    return rows, notes
+
+
+def run(smoke: bool, device: str) -> list[Row]:
+    """The run_all rows, one per PGD step count: median torchattacks call over our median call (> 1:
+    ours is faster); skipped where torchattacks is not installed (it lives in .venv-bench only)."""
+    s = replace(SMOKE if smoke else FULL, device=device)
+    try:
+        import torchattacks
+    except ImportError:
+        return [Row.skip(row_name(k), "pip install torchattacks in .venv-bench", device) for k in s.steps]
+    measured, _ = measure(torchattacks, s)
+    rows = []
+    for m in measured:
+        ours, theirs = statistics.median(m.t["ours"]), statistics.median(m.t["theirs"])
+        ao, at = 100 * statistics.mean(m.acc["ours"]), 100 * statistics.mean(m.acc["theirs"])
+        same = "identical x_adv" if m.max_diff == 0 else f"x_adv differ on {100 * m.differ:.1f}%"
+        note = (f"torchattacks {torchattacks.__version__}; {m.model}, {m.n} images, {s.reps} reps; robust acc "
+                f"ours {ao:.1f}% vs theirs {at:.1f}%; {same}")
+        rows.append(Row(row_name(m.steps), ours, theirs, theirs / ours, per="call", device=device, note=note))
+    return rows
 
 
 def main() -> int:
@@ -164,49 +234,25 @@ def main() -> int:
     except ImportError:
         print(MISSING, file=sys.stderr)
         return 2
-    if a.smoke:
-        a.steps, a.reps, a.examples, a.random_examples, a.epochs, a.train_size = "2", 2, 64, 2, 1, 100
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = resolve_device(a.device)
-    models = [m.strip() for m in a.model.split(",") if m.strip()]
+    models = tuple(m.strip() for m in a.model.split(",") if m.strip())
     unknown = set(models) - {"smallcnn", "preactresnet18"}
     if unknown:
         ap.error(f"--model: unknown {', '.join(sorted(unknown))} (smallcnn, preactresnet18)")
-    steps_list = [int(s) for s in a.steps.split(",")]
+    s = Settings(models, tuple(int(k) for k in a.steps.split(",")), a.reps, a.eps, a.examples, a.random_examples,
+                 a.epochs, a.train_size, a.train_steps, a.device)
+    if a.smoke:
+        s = replace(SMOKE, models=models, eps=a.eps, device=a.device)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
     wall0 = time.perf_counter()
-
-    rows: list[Row] = []
-    notes: list[str] = []
-    for name in models:
-        if name == "smallcnn":
-            eps = a.eps if a.eps is not None else THREAT_DEFAULTS[("digits", "linf")][0]
-            model, test, n_train, t_train = trained_smallcnn(device, eps, a.epochs, a.train_size, a.train_steps)
-            x, y = test.tensors
-            n = a.examples if 0 < a.examples < len(y) else len(y)
-            x, y = x[:n].to(device), y[:n].to(device)
-            notes.append(f"smallcnn: PGD-{a.train_steps} AT on {n_train} digits, {a.epochs} epochs, eps {eps:g}, "
-                         f"in {t_train:.1f} s; attacked: the first {n} digits test images")
-            timing_only = False
-        else:
-            eps = a.eps if a.eps is not None else THREAT_DEFAULTS[("cifar10", "linf")][0]
-            info = dataset_info("cifar10")
-            torch.manual_seed(0)
-            model = create_model("preactresnet18", 10, 3, info.mean, info.std).to(device).eval()
-            g = torch.Generator().manual_seed(0)
-            x = torch.rand(a.random_examples, 3, 32, 32, generator=g).to(device)
-            y = torch.randint(0, 10, (a.random_examples,), generator=g).to(device)
-            notes.append(f"preactresnet18: untrained, {a.random_examples} random 3x32x32 inputs and labels, "
-                         f"eps {eps:g}: timing only")
-            timing_only = True
-        for steps in steps_list:
-            rows.append(bench_row(torchattacks, name, model, x, y, eps, steps, a.reps, device, timing_only))
+    rows, notes = measure(torchattacks, s)
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"our PGD vs torchattacks.PGD: device {device} ({dev}); torch {torch.__version__}, "
           f"torchattacks {torchattacks.__version__}; python {sys.version.split()[0]}")
-    print(f"L-inf, step eps/4, random start, eval mode, same inputs and seeds; {a.reps} interleaved reps per side "
-          f"after 1 warm-up; times: median s/call (ratio of minima too); robust acc: mean over reps")
+    print(f"L-inf, step eps/4, random start, eval mode, same inputs and seeds; {s.reps} interleaved reps per side "
+          f"after 1 warm-up; times: median s/call by {clock_name(device)} (ratio of minima too); robust acc: mean over reps")
     for note in notes:
         print(f"  {note}")
     hdr = (f"{'model':<15}{'steps':>5}{'n':>5}{'eps':>8}{'clean%':>8}{'ours s':>9}{'theirs s':>10}"
@@ -235,8 +281,8 @@ def main() -> int:
           f"strength (our robust acc <= theirs + 0.5 points): "
           f"{'n/a (timing-only rows)' if strength_ok is None else 'met' if strength_ok else 'NOT met'}")
     print("semantic differences (torchattacks 3.5.1 source):")
-    for s in SEMANTICS:
-        print(f"  - {s}")
+    for line in SEMANTICS:
+        print(f"  - {line}")
     print(f"({time.perf_counter() - wall0:.1f} s in all)")
     return 0
 

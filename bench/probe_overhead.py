@@ -4,8 +4,9 @@ Bare cost of one landscape point (Alg. 1 lines 9-15, nothing else): for every fi
 the batch's fixed start against the model, then one forward pass for the cross-entropy. The engine
 does the same passes plus what a probe needs: weights set to w + alpha d in place and restored,
 the natural loss and both accuracies in the same forward pass, sums kept on the device.
-Both run on the same model, data and starts, interleaved, `--repeats` times; the ratio of the
-best times is printed. `--full` also times `run_probe` end to end (checkpoint load and hash, HDF5 flushes).
+Both run on the same model, data and starts, interleaved (ABBA), `--repeats` times; the ratio of the
+best times is printed (`run`, the row of `bench/run_all.py`, takes the ratio of the medians). `--full`
+also times `run_probe` end to end (checkpoint load and hash, HDF5 flushes).
 
     .venv/bin/python bench/probe_overhead.py                 # digits smallcnn, CPU
     .venv/bin/python bench/probe_overhead.py --device cuda --arch preactresnet18 --samples 2048
@@ -18,7 +19,7 @@ import io
 import statistics
 import sys
 import tempfile
-import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,9 @@ from landscape.core.engine import model_device  # noqa: E402
 from landscape.pipeline.compute import Job, compute  # noqa: E402
 from awp.distributed import DistContext  # noqa: E402
 from landscape.storage.results import CheckpointId, Grid, Landscape  # noqa: E402
+from bench.common import Row, interleaved, timed  # noqa: E402
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+ROW = "probe engine / bare PGD loop"
 
 
 def bare_points(model, batches, attack, n_points: int, natural: bool) -> float:
@@ -66,61 +65,101 @@ def engine_points(model, alphas, batches, attack) -> float:
     return float(np.nansum(res.values["adv_loss"]))
 
 
-def timed(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
+@dataclass(frozen=True)
+class Settings:
+    """One measurement: `points` landscape points on `samples` examples, PGD-`pgd`, `repeats` interleaved
+    timings of each variant after one warm-up; `alg1_only` adds the bare loop without the natural loss."""
+
+    arch: str = "smallcnn"
+    dataset: str = "digits"
+    samples: int = 1024
+    batch_size: int = 256
+    pgd: int = 10
+    points: int = 11
+    repeats: int = 5
+    device: str = "cpu"
+    alg1_only: bool = True
+
+
+# run_all's row: more, shorter runs than the CLI's default (medians steadier on a shared machine), about a minute
+FULL = Settings(samples=512, repeats=9, alg1_only=False)
+SMOKE = Settings(samples=64, batch_size=32, pgd=1, points=3, repeats=1, alg1_only=False)
+
+ALG1 = "bare: PGD + loss pass (Alg. 1 only)"
+SAME = "bare: the engine's passes"
+ENGINE = "engine"
+
+
+@dataclass
+class Result:
+    settings: Settings
+    times: dict[str, list[float]]  # seconds per run of all points, per variant
+    examples: int
+    device: torch.device
+    model: torch.nn.Module
+    eps: float
+
+
+def measure(s: Settings) -> Result:
+    """The engine and the bare loop(s) on the same model, data and starts, interleaved ABBA."""
+    device = resolve_device(s.device)
+    splits = load_dataset(s.dataset)
+    info = splits.info
+    torch.manual_seed(0)
+    model = create_model(s.arch, info.num_classes, info.in_channels, info.mean, info.std).to(device).eval()
+    eps = 8 / 255 if info.image_size >= 32 else 0.2
+    attack = AttackConfig("linf", eps, eps / 4, s.pgd)
+    data = class_stratified_subset(splits.train_eval, s.samples, seed=0)
+    batches = engine.fixed_batches(data, s.batch_size, attack, seed=0, device=device)
+    alphas = np.linspace(-1, 1, s.points)
+    runs = {
+        SAME: lambda: bare_points(model, batches, attack, len(alphas), True),
+        ENGINE: lambda: engine_points(model, alphas, batches, attack),
+    }
+    if s.alg1_only:
+        runs = {ALG1: lambda: bare_points(model, batches, attack, len(alphas), False), **runs}
+    with engine.frozen(model):  # as run_probe does: every variant sees the same model
+        bare_points(model, batches[:1], attack, 1, True)  # warm-up (allocator, kernels)
+        engine_points(model, np.array([-1.0, 0.0, 1.0]), batches[:1], attack)
+        times = interleaved(runs, s.repeats, device, warmup=0)  # drifting machine load hits all alike
+    return Result(s, times, len(data), device, model, eps)
+
+
+def run(smoke: bool, device: str) -> list[Row]:
+    """The run_all row: median engine time over the median bare loop of the same passes."""
+    r = measure(replace(SMOKE if smoke else FULL, device=device))
+    eng, bare = statistics.median(r.times[ENGINE]), statistics.median(r.times[SAME])
+    s = r.settings
+    note = (f"ratio of minima {min(r.times[ENGINE]) / min(r.times[SAME]):.3f}; {s.arch} on {r.examples} {s.dataset}, "
+            f"PGD-{s.pgd}, {s.points} points, {s.repeats} repeats")
+    return [Row(ROW, eng, bare, eng / bare, per=f"{s.points} points", device=device, note=note)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="smallcnn")
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--pgd", type=int, default=10)
-    ap.add_argument("--points", type=int, default=11)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--arch", default=Settings.arch)
+    ap.add_argument("--dataset", default=Settings.dataset)
+    ap.add_argument("--samples", type=int, default=Settings.samples)
+    ap.add_argument("--batch-size", type=int, default=Settings.batch_size)
+    ap.add_argument("--pgd", type=int, default=Settings.pgd)
+    ap.add_argument("--points", type=int, default=Settings.points)
+    ap.add_argument("--repeats", type=int, default=Settings.repeats)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--full", action="store_true", help="also time run_probe end to end")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = resolve_device(a.device)
-    splits = load_dataset(a.dataset)
-    info = splits.info
-    torch.manual_seed(0)
-    model = create_model(a.arch, info.num_classes, info.in_channels, info.mean, info.std).to(device).eval()
-    eps = 8 / 255 if info.image_size >= 32 else 0.2
-    attack = AttackConfig("linf", eps, eps / 4, a.pgd)
-    data = class_stratified_subset(splits.train_eval, a.samples, seed=0)
-    batches = engine.fixed_batches(data, a.batch_size, attack, seed=0, device=device)
-    alphas = np.linspace(-1, 1, a.points)
-
-    runs = {
-        "bare: PGD + loss pass (Alg. 1 only)": lambda: bare_points(model, batches, attack, len(alphas), False),
-        "bare: the engine's passes": lambda: bare_points(model, batches, attack, len(alphas), True),
-        "engine": lambda: engine_points(model, alphas, batches, attack),
-    }
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    with engine.frozen(model):  # as run_probe does: every variant sees the same model
-        bare_points(model, batches[:1], attack, 1, True)  # warm-up (allocator, kernels)
-        engine_points(model, np.array([-1.0, 0.0, 1.0]), batches[:1], attack)
-        for _ in range(a.repeats):  # interleaved, so drifting machine load hits all alike
-            for name, fn in runs.items():
-                times[name].append(timed(fn, device))
+    r = measure(Settings(a.arch, a.dataset, a.samples, a.batch_size, a.pgd, a.points, a.repeats, a.device))
+    device, times = r.device, r.times
     # The minimum: other load on the machine only ever adds time (as `timeit` does); medians printed too.
     med = {k: min(v) for k, v in times.items()}
-    n = len(data)
-    print(f"{a.arch} on {a.dataset}, {device}, {torch.get_num_threads()} threads: {n} examples, batch {a.batch_size}, "
-          f"PGD-{a.pgd}, {len(alphas)} points, {a.repeats} repeats (best of; median; all runs)")
+    print(f"{a.arch} on {a.dataset}, {device}, {torch.get_num_threads()} threads: {r.examples} examples, batch {a.batch_size}, "
+          f"PGD-{a.pgd}, {a.points} points, {a.repeats} repeats (best of; median; all runs)")
     for name, t in med.items():
-        print(f"  {name:<38} {t:8.3f} s  {t / len(alphas) * 1e3:8.1f} ms/point;  median "
+        print(f"  {name:<38} {t:8.3f} s  {t / a.points * 1e3:8.1f} ms/point;  median "
               f"{statistics.median(times[name]):.3f} s;  " + ", ".join(f"{x:.3f}" for x in times[name]))
-    eng, same, alg = med["engine"], med["bare: the engine's passes"], med["bare: PGD + loss pass (Alg. 1 only)"]
+    eng, same, alg = med[ENGINE], med[SAME], med[ALG1]
     print(f"engine / bare (same passes)  = {eng / same:.3f}  (overhead {100 * (eng / same - 1):+.1f}%; target <= +5%)")
     print(f"engine / bare (Alg. 1 only)  = {eng / alg:.3f}  (includes the natural loss: one more clean forward)")
     mb = same
@@ -132,8 +171,8 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             pt = Path(tmp) / "model.pt"
-            torch.save(model.state_dict(), pt)
-            cfg = ProbeConfig(str(pt), arch=a.arch, dataset=a.dataset, eps=eps, step_size=eps / 4, steps=a.pgd,
+            torch.save(r.model.state_dict(), pt)
+            cfg = ProbeConfig(str(pt), arch=a.arch, dataset=a.dataset, eps=r.eps, step_size=r.eps / 4, steps=a.pgd,
                               alphas=f"-1:1:{a.points}", dirs=1, samples=a.samples, batch_size=a.batch_size,
                               device=str(device), out=str(Path(tmp) / "p.h5"), progress=False)
             t_full = timed(lambda: run_probe(cfg, console=Console(file=io.StringIO())), device)

@@ -165,7 +165,7 @@ def parse_points(text: str | int) -> int | str:
 def points_per_pass(setting: int | str, device: torch.device | str, batch_size: int) -> int:
     """P for `--points-per-batch`: the given number, or for auto the measured rule. On the CPU, 1:
     `bench/multipoint.py` measures no gain from vmap there (a grouped convolution does the work of P
-    convolutions at about their cost; smallcnn on digits 0.9-1.3x at P = 2-8 on 2 cores). On CUDA,
+    convolutions at about their cost; smallcnn on digits 0.7-1.0x at P = 2-8, ResNet-18 0.8x). On CUDA,
     the largest power of two <= 16 with P * batch size <= 4096 examples per pass, so a small model
     fills the device (a rule not yet measured on a GPU: none was lent)."""
     if setting != AUTO:
