@@ -87,10 +87,10 @@ def select(only: str | None) -> list[Benchmark]:
     if not only:
         return list(REGISTRY)
     names = [n.strip() for n in only.split(",") if n.strip()]
-    known = {b.name for b in REGISTRY}
+    known = [b.name for b in REGISTRY]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"error: --only: unknown {', '.join(unknown)}; the benchmarks are {', '.join(known)}")
+        raise ValueError(f"--only: unknown {', '.join(unknown)}; the benchmarks are {', '.join(known)}")
     return [b for b in REGISTRY if b.name in names]
 
 
@@ -149,15 +149,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{b.name:<11} bench/{b.module}.py  target {b.target}{extra}\n{'':<11} full: {b.full}\n"
                   f"{'':<11} smoke: {b.smoke}")
         return 0
-    benchmarks = select(a.only)
-    if a.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif a.device in ("cpu", "cuda"):
-        device = a.device
-    else:
-        raise SystemExit(f"error: --device must be auto, cpu or cuda, got {a.device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
+    try:
+        benchmarks = select(a.only)
+        if a.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {a.device!r}")
+        if a.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but torch sees no CUDA device")
+        if a.json is not None and not a.json.parent.is_dir():  # found out now, not after the run
+            raise ValueError(f"--json: {str(a.json.parent)!r} is not a directory")
+    except ValueError as e:  # a user mistake: one line, exit status 2, as the project's CLI
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     if a.threads:
         torch.set_num_threads(a.threads)
 

@@ -74,5 +74,5 @@ def test_verdicts_follow_targets():
 
 def test_only_names_the_known_benchmarks():
     assert [b.name for b in select("probe,awp")] == ["awp", "probe"]  # registry order
-    with pytest.raises(SystemExit, match="unknown nope"):
+    with pytest.raises(ValueError, match="unknown nope"):
         select("awp,nope")
