@@ -181,9 +181,13 @@ def test_a_second_writer_is_refused_at_once_and_the_first_finishes(command, run_
         second = [*args, "--resume"]
     first = popen(args, tmp_path)
     wait_for(lambda: out.exists() and (tmp_path / "same.h5.lock").exists(), first)  # it holds the file
-    t0 = time.perf_counter()
-    r = run_cli(*second, cwd=tmp_path)
-    assert time.perf_counter() - t0 < 30
+    os.kill(first.pid, signal.SIGSTOP)  # paused while holding it, so it cannot finish before the second starts
+    try:
+        t0 = time.perf_counter()
+        r = run_cli(*second, cwd=tmp_path)
+        assert time.perf_counter() - t0 < 30
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert "another process" in line and f"pid {first.pid}" in line, line
