@@ -59,11 +59,6 @@ def correct_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(logits).all(1), hit, torch.full_like(hit, float("nan")))
 
 
-def correct_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correctly classified examples as a float64 scalar tensor (no device sync); NaN if any example is NaN."""
-    return correct_per_example(logits, y).sum()
-
-
 def exact_count(v: float) -> int | float:
     """A summed 0/1 count back to an exact int; NaN (some example had non-finite logits) stays NaN."""
     return int(round(v)) if math.isfinite(v) else float("nan")

@@ -201,3 +201,18 @@ class Kernels:
         """The options that decide the numbers, for a config that resuming compares: the precision,
         absent at fp32, so files written before these options existed resume under the default."""
         return {} if self.precision == "fp32" else {"precision": self.precision}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelOptions:
+    """The three kernel options as fields of a command's config (train-awp, probe/plot2d, eval), declared
+    once; keyword-only, so they follow each config's own fields in its constructor."""
+
+    precision: str = "fp32"  # PRECISIONS: autocast dtype of every forward (changes numbers)
+    channels_last: bool = False  # weights and batches in channels_last (speed only)
+    compile: bool = False  # torch.compile of the model's forward (speed only)
+
+    @property
+    def kernels(self) -> Kernels:
+        """How the forwards run (`Kernels`, validated on construction): precision, memory format, compilation."""
+        return Kernels(self.precision, self.channels_last, self.compile)

@@ -21,7 +21,7 @@ from awp.attacks import AttackConfig, l2_start_radius, threat_model
 from awp.config import check_seed, parse_fraction
 from awp.data import dataset_info
 from awp.errors import UserError
-from awp.kernels import PRECISIONS, Kernels
+from awp.kernels import PRECISIONS, KernelOptions
 from awp.registry import Registry
 from awp.methods import AWP_SUFFIX, get_method, merge_method_flags, method_label, split_label
 from awp.perturb import AWPConfig
@@ -70,7 +70,7 @@ LEGACY_ATTACK_VALUES: dict[str, Any] = {"l2_start": "ball"}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(KernelOptions):
     """A training run. Field defaults are the paper's CIFAR-10 settings (Section 5.1); `resolve_config`
     applies `DATASET_DEFAULTS` for the chosen dataset (digits unless told otherwise) on top."""
 
@@ -104,15 +104,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0: torch's default (tiny models on busy CPUs want 1)
-    precision: str = "fp32"  # awp.kernels.PRECISIONS: autocast dtype of every forward (changes numbers)
-    channels_last: bool = False  # weights and batches in channels_last (speed only)
-    compile: bool = False  # torch.compile of the model's forward (speed only)
-
-    @property
-    def kernels(self) -> Kernels:
-        """How the forwards run (`awp.kernels.Kernels`): precision, memory format, compilation."""
-        return Kernels(self.precision, self.channels_last, self.compile)
-
     @property
     def label(self) -> str:
         """What names the run in file names and legends: 'at', or 'at-awp' with AWP on."""

@@ -17,7 +17,7 @@ from awp.attacks import AttackConfig
 from awp.config import check_nonnegative_int, check_positive_int, check_seed, resolve_device
 from awp.data import class_stratified_subset, dataset_labels
 from awp.errors import Interrupted, UserError
-from awp.kernels import Kernels
+from awp.kernels import KernelOptions
 from awp.robustness import Evaluation, Threat, parse_attack, parse_attacks, run_evaluation
 from awp.robustness.attacks import DEFAULT_ATTACKS
 from awp.robustness import autoattack
@@ -26,13 +26,13 @@ from awp.safeio import atomic_write, check_output, exclusive
 from awp.stopping import graceful_stop
 from landscape.pipeline.progress import PointBar
 from landscape.commands.options import threat_radius
-from landscape.storage.examples import ExampleResults, open_or_resume
+from landscape.storage.examples import open_or_resume
 from landscape.storage.sources import Source, open_model_source, open_source
 
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(KernelOptions):
     """One `landscape eval`. None means "from the checkpoint" (run files know their threat model)."""
 
     checkpoint: str | None  # None: --model builds the model with its own weights
@@ -54,16 +54,8 @@ class EvalConfig:
     out: str | None = None  # the JSON; per-example results go beside it (.examples.h5)
     overwrite: bool = False
     progress: bool = True
-    precision: str = "fp32"  # awp.kernels: autocast dtype of the attacks' and the clean forwards
-    channels_last: bool = False
-    compile: bool = False
-
-    @property
-    def kernels(self) -> Kernels:
-        return Kernels(self.precision, self.channels_last, self.compile)
-
     def __post_init__(self) -> None:
-        Kernels(self.precision, self.channels_last, self.compile)  # a bad --precision: one line naming the accepted ones
+        self.kernels  # a bad --precision: one line naming the accepted ones
         parse_attacks(self.attacks)
         check_positive_int(self.restarts, "--restarts")
         check_nonnegative_int(self.samples, "--samples")

@@ -15,7 +15,7 @@ from awp.attacks import AttackConfig, threat_model
 from awp.config import check_nonnegative_int, check_positive_int, check_seed
 from awp.data import class_stratified_subset
 from awp.errors import UserError
-from awp.kernels import Kernels
+from awp.kernels import KernelOptions, Kernels
 from landscape.core import engine
 from landscape.core.directions import normalization
 from landscape.core.points import parse_points, points_per_pass
@@ -26,7 +26,7 @@ SPLITS = ("train", "test")  # Algorithm 1 uses the training data
 
 
 @dataclass(frozen=True)
-class LandscapeOptions:
+class LandscapeOptions(KernelOptions):
     """None means "from the checkpoint": run files know their training threat model."""
 
     checkpoint: str
@@ -54,17 +54,9 @@ class LandscapeOptions:
     out: str | None = None  # results .h5; figures go beside it
     overwrite: bool = False
     progress: bool = True
-    precision: str = "fp32"  # awp.kernels.PRECISIONS: autocast dtype at every point (changes numbers)
-    channels_last: bool = False  # weights and batches in channels_last (speed only)
-    compile: bool = False  # torch.compile of each checkpoint's model (speed only)
-
-    @property
-    def kernels(self) -> Kernels:
-        """How every forward runs (`awp.kernels.Kernels`)."""
-        return Kernels(self.precision, self.channels_last, self.compile)
 
     def __post_init__(self) -> None:
-        Kernels(self.precision, self.channels_last, self.compile)  # a bad --precision: one line, the accepted ones
+        self.kernels  # a bad --precision: one line, the accepted ones
         check_nonnegative_int(self.steps, "--pgd")
         check_nonnegative_int(self.samples, "--samples")
         check_positive_int(self.batch_size, "--batch-size")

@@ -195,6 +195,12 @@ class PointSums(EvalSums):
     def astuple(self) -> tuple:
         return (*super().astuple(), self.nat_loss_sq, self.adv_loss_sq)
 
+    @classmethod
+    def from_row(cls, row: Sequence[float]) -> "PointSums":
+        """From one `awp.evaluate.SUM_ROW` row of floats (counts back to exact ints)."""
+        n, nat_loss, nat_correct, adv_loss, adv_correct, nat_sq, adv_sq = row
+        return cls(int(n), nat_loss, exact_count(nat_correct), adv_loss, exact_count(adv_correct), nat_sq, adv_sq)
+
     def add(self, other: "PointSums") -> "PointSums":
         return PointSums(*(a + b for a, b in zip(self.astuple(), other.astuple())))
 
@@ -233,8 +239,7 @@ def evaluate_point(
                 x_adv = d.x
             row = batch_sum_row(model, d.x, d.y, x_adv)
             acc = row if acc is None else acc + row
-    n, nat_loss, nat_correct, adv_loss, adv_correct, nat_sq, adv_sq = acc.tolist()
-    return PointSums(int(n), nat_loss, exact_count(nat_correct), adv_loss, exact_count(adv_correct), nat_sq, adv_sq)
+    return PointSums.from_row(acc.tolist())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch.func import functional_call, vmap
 
 from awp.attacks import AttackConfig, model_mode, pgd
 from awp.errors import UserError
-from awp.evaluate import exact_count, sum_rows
+from awp.evaluate import sum_rows
 from awp.weights import offset, snapshot
 from landscape.core import engine
 
@@ -49,13 +49,13 @@ def stacked_weights(base: Mapping[str, Tensor], points: Sequence[Terms], names: 
 
 
 class PointStack:
-    """The model at P weight points as one callable: inputs [P * B, ...] (P groups of B, group p for
-    point p) -> logits [P * B, K]. Parameters in `weights` are stacked [P, ...]; the rest of the model's
+    """The model at `points` (P) weight points as one callable: inputs [P * B, ...] (P groups of B, group p
+    for point p) -> logits [P * B, K]. Parameters in `weights` are stacked [P, ...]; the rest of the model's
     parameters and its buffers enter unbatched, or stacked when `stacked_buffers` (per-point BN statistics)."""
 
-    def __init__(self, model: nn.Module, weights: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+    def __init__(self, model: nn.Module, points: int, weights: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                  stacked_buffers: bool = False) -> None:
-        self.points = len(next(iter(weights.values()))) if weights else len(next(iter(buffers.values())))
+        self.points = points
         self.device = engine.model_device(model)
         fixed = {n: p.detach() for n, p in model.named_parameters() if n not in weights}
         self.args = (dict(weights), fixed, dict(buffers))
@@ -99,8 +99,7 @@ def evaluate_points(stack: PointStack, batches: Sequence[engine.ProbeBatch], att
                 logits_nat, logits_adv = logits[:, :n].flatten(0, 1), logits[:, n:].flatten(0, 1)
             rows = sum_rows(logits_nat, logits_adv, d.y, P)
         acc = rows if acc is None else acc + rows
-    return [engine.PointSums(int(n), nat, exact_count(nat_c), adv, exact_count(adv_c), nat_sq, adv_sq)
-            for n, nat, nat_c, adv, adv_c, nat_sq, adv_sq in acc.tolist()]
+    return [engine.PointSums.from_row(row) for row in acc.tolist()]
 
 
 def evaluate_many(
@@ -128,11 +127,8 @@ def evaluate_many(
             with offset(params, terms, base), mode(model, bn_inputs):
                 stats.append(snapshot(dict(model.named_buffers())))
         buffers = {n: torch.stack([s[n] for s in stats]) for n in buffers}
-    names = moved(points)
-    if not names and not (per_point and buffers):
-        names = set(list(params)[:1])  # nothing moves: stack one parameter so the stack knows P
-    weights = stacked_weights(base, points, names)
-    stack = PointStack(model, weights, buffers, stacked_buffers=per_point)
+    weights = stacked_weights(base, points, moved(points))
+    stack = PointStack(model, len(points), weights, buffers, stacked_buffers=per_point)
     with model_mode(model, train=False):
         try:
             return evaluate_points(stack, batches, attack, fixed_adv)
