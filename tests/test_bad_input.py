@@ -364,6 +364,7 @@ ROWS: list[Row] = [
         ("--shard 1/2", "--launcher")),
     Row("merge-no-shards", VALUE, raw("merge", "out.h5"), ("shard results file", "OUT.h5")),
     Row("merge-out-not-h5", VALUE, raw("merge", "out.txt", "p2d.h5"), ("out.txt", ".h5")),
+    Row("merge-out-is-shard", SAME, raw("merge", "p2d.h5", "p2d.h5"), ("p2d.h5",)),
     Row("merge-run-file-as-shard", FILES, raw("merge", "out.h5", "run.h5"), ("run.h5", "landscape results", "--shard K/N")),
     Row("merge-text-as-shard", FILES, raw("merge", "out.h5", "text.h5"), ("text.h5", "landscape results")),
     Row("merge-other-settings", CONTRA, raw("merge", "out.h5", "p2d.h5", "p2d-pgd2.h5"), ("p2d-pgd2.h5", "attack.steps"),
