@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
@@ -79,6 +81,36 @@ def test_gap_command_prints_both_tests(demo):
                      r"epoch-to-epoch changes in 4 runs", r.stdout), r.stdout
     assert "across runs: 4 runs; a test across runs needs at least 5" in r.stdout
     assert (d / "gapfigs" / "gap-vs-sharpness.html").exists() and (d / "gapfigs" / "gap-curves.png").exists()
+
+
+def test_gap_ranks_many_measures_per_setting_and_caches_them(demo, monkeypatch, tmp_path):
+    from landscape.commands.analysis import GapConfig, measures_path
+    from landscape.commands.gap import run_gap
+    from landscape.core import objective
+
+    cfg, _, d = demo
+    runs = sorted(str(p) for p in (d / "runs").glob("digits-at*-seed*-quick.h5") if "-at-es-" not in str(p))
+    gcfg = GapConfig(runs=tuple(runs), every=2, dirs=2, alphas="-1:1:7", samples=50, device="cpu", progress=False,
+                     measures="curvature,flatness-worst,hessian-trace", out_dir=str(tmp_path), prefix="m")
+    out = run_gap(gcfg)
+    assert sorted(r.setting for r in out.rankings) == ["all runs", "at on digits", "at-awp on digits"]
+    for r in out.rankings:
+        assert r.measures == ("rise", "curvature", "flatness-worst", "hessian-trace")
+        assert sorted(r.order()) == [0, 1, 2, 3]
+        ps = [t.within.p for t in r.tests]
+        assert all(p is not None for p in ps)
+        assert all(h >= p for h, p in zip(r.within_holm, ps))  # an adjustment never lowers a p-value
+    assert all(measures_path(run).exists() for run in runs)
+    a = out.analyses[0]
+    assert np.isfinite(a.sharpness["hessian-trace"]).all() and np.isfinite(a.sharpness_se["flatness-worst"]).all()
+    assert (tmp_path / "m-measures.png").stat().st_size > 5000
+
+    def forbidden(*args, **kw):
+        raise AssertionError("a cached measure was recomputed")
+
+    monkeypatch.setattr(objective.Objective, "rho", forbidden)
+    again = run_gap(replace(gcfg, prefix="m2"))
+    assert again.rankings[0].within_holm == out.rankings[0].within_holm
 
 
 class _Checker(HTMLParser):

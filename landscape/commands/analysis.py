@@ -20,9 +20,11 @@ from awp.methods import method_label
 from awp.store import open_run
 from landscape.core.axes import parse_centred_range
 from landscape.commands.probe import ProbeConfig, check_outputs, run_probe
+from landscape.core.measures import parse_measures
 from landscape.core.sharpness import SHARPNESS
+from landscape.storage.measures import MeasureResults
 from landscape.storage.results import Landscape, StaleResults
-from landscape.core.stats import MIN_UNITS, CorrelationTest, across_runs, within_runs
+from landscape.core.stats import MIN_UNITS, CorrelationTest, across_runs, holm, within_runs
 
 
 
@@ -100,6 +102,12 @@ def landscape_path(run: str | Path) -> Path:
     return run.with_name(run.stem + ".landscape.h5")
 
 
+def measures_path(run: str | Path) -> Path:
+    """Where the sharpness measures of a run's checkpoints are cached: beside the run."""
+    run = Path(run)
+    return run.with_name(run.stem + ".measures.h5")
+
+
 @dataclass(frozen=True)
 class GapConfig:
     """`landscape gap`: which checkpoints to probe and how (a small probe: it runs for every K-th epoch)."""
@@ -108,6 +116,7 @@ class GapConfig:
     every: int = 10
     epochs: str | None = None  # an epoch spec probed instead of every:K (e.g. "reported": one point per run)
     sharpness: str = "rise"
+    measures: str | None = None  # more measures (`landscape.core.measures`), each tested against the gap and ranked
     dirs: int = 3
     alphas: str = "-1:1:11"
     steps: int | None = None  # PGD steps; None: the run's training attack
@@ -127,9 +136,23 @@ class GapConfig:
         if self.every < 1:
             raise UserError(f"--every must be >= 1, got {self.every}")
         SHARPNESS.lookup(self.sharpness)  # the x axis: any measure of the registry
+        if self.measures is not None:
+            parse_measures(self.measures)
         check_seed(self.seed, "--seed")
         check_positive_int(self.dirs, "--dirs")
         parse_centred_range(self.alphas, "--alphas")  # refused before any run is opened or probed
+
+    @property
+    def extra_measures(self) -> tuple[str, ...]:
+        """The measures computed by `landscape sharpness` (those the probe gives, rise and curvature, are
+        read from the probe instead)."""
+        return tuple(n for n in parse_measures(self.measures) if n not in SHARPNESS) if self.measures else ()
+
+    @property
+    def tested(self) -> tuple[str, ...]:
+        """Every measure tested against the gap: the x axis first, then the rest asked for."""
+        asked = parse_measures(self.measures) if self.measures else ()
+        return tuple(dict.fromkeys((self.sharpness, *asked)))
 
     @property
     def epoch_spec(self) -> str:
@@ -148,6 +171,17 @@ def probe_config(cfg: GapConfig, run: str | Path) -> ProbeConfig:
     )
 
 
+def sharpness_config(cfg: GapConfig, run: str | Path):
+    """The measures of the same checkpoints, examples, attack and seed as the probe, cached beside the run."""
+    from landscape.commands.sharpness import SharpnessConfig
+
+    p = probe_config(cfg, run)
+    return SharpnessConfig(checkpoint=str(run), epochs=p.epochs, steps=p.steps, split=p.split, samples=p.samples,
+                           batch_size=p.batch_size, seed=p.seed, device=p.device, measures=",".join(cfg.extra_measures),
+                           out=str(measures_path(run)), png=str(measures_path(run).with_suffix(".png")),
+                           progress=cfg.progress)
+
+
 def check_caches(cfg: GapConfig) -> list[Path]:
     """Before any compute: at least one test can be made, every run opens, and its landscape cache (and
     PNG) may be written or resumed; returns the cache files (inputs of whatever is drawn from them)."""
@@ -163,6 +197,10 @@ def check_caches(cfg: GapConfig) -> list[Path]:
             if same_file(pcfg.out, other):
                 raise UserError(f"run {str(other)!r} sits where the landscape cache of {str(run)!r} goes; rename it")
         caches.append(check_outputs(pcfg)[0])
+        if cfg.extra_measures:
+            from landscape.commands.sharpness import check_outputs as check_measures
+
+            caches.append(check_measures(sharpness_config(cfg, run))[0])
     return caches
 
 
@@ -187,12 +225,28 @@ def probe_run(cfg: GapConfig, run: str | Path, console: Console | None = None) -
         return run_probe(replace(pcfg, overwrite=True), console=console).results
 
 
+def measure_run(cfg: GapConfig, run: str | Path, console: Console | None = None) -> MeasureResults | None:
+    """The extra measures of the probed checkpoints (`landscape sharpness`), cached; None when none asked."""
+    if not cfg.extra_measures:
+        return None
+    from landscape.commands.sharpness import run_sharpness
+
+    scfg = sharpness_config(cfg, run)
+    console = console or Console(quiet=True)
+    try:
+        return run_sharpness(scfg, console=Console(quiet=True))
+    except StaleResults:
+        console.print(f"{scfg.out}: cached measures were made with other settings; recomputing")
+        return run_sharpness(replace(scfg, overwrite=True), console=Console(quiet=True))
+
+
 @dataclass
 class RunAnalysis:
-    """A run's curves and the landscapes of its probed checkpoints, paired by epoch."""
+    """A run's curves, the landscapes of its probed checkpoints and any further measures, paired by epoch."""
 
     curves: RunCurves
     landscapes: Landscape
+    measures: MeasureResults | None = None
     epochs: np.ndarray = field(init=False)  # probed epochs [C]
     sharpness: dict[str, np.ndarray] = field(init=False)  # name -> [C], mean over directions
     directions: dict[str, np.ndarray] = field(init=False)  # name -> [C, D], NaN for an incomplete direction
@@ -207,6 +261,13 @@ class RunAnalysis:
         self.sharpness = {name: np.array([s.mean[name] for s in summaries]) for name in SHARPNESS}
         self.sharpness_se = {name: np.array([s.se[name] for s in summaries]) for name in SHARPNESS}
         self.directions = res.per_direction()[0]  # name -> [C, D], NaN for an incomplete direction
+        if self.measures is not None:  # aligned by epoch; the first scope (all parameters, or the globs)
+            at = {int(e): i for i, e in enumerate(self.measures.epochs) if np.isfinite(e)}
+            rows = [at.get(int(e)) for e in self.epochs]
+            for name in self.measures.measures:
+                v, se = self.measures.get(name)
+                self.sharpness[name] = np.array([v[i] if i is not None else np.nan for i in rows])
+                self.sharpness_se[name] = np.array([se[i] if i is not None else np.nan for i in rows])
         self.gap = np.array([self.curves.at(int(e), self.curves.gap) for e in self.epochs])
         self.gap_se = np.array([self.curves.at(int(e), self.curves.gap_se) for e in self.epochs])
 
@@ -219,7 +280,7 @@ class RunAnalysis:
 
 def analyse(cfg: GapConfig, console: Console | None = None) -> list[RunAnalysis]:
     """Curves and (cached) landscapes for every run of `cfg`."""
-    return [RunAnalysis(run_curves(r), probe_run(cfg, r, console)) for r in cfg.runs]
+    return [RunAnalysis(run_curves(r), probe_run(cfg, r, console), measure_run(cfg, r, console)) for r in cfg.runs]
 
 
 @dataclass(frozen=True)
@@ -239,3 +300,46 @@ def gap_tests(analyses: list[RunAnalysis], sharpness: str, seed: int = 0) -> Gap
     within = within_runs([(a.sharpness[sharpness], a.gap) for a in analyses], seed=seed)
     final = np.array([a.final(sharpness) for a in analyses]).reshape(-1, 2)
     return GapTests(within, across_runs(final[:, 0], final[:, 1], seed=seed))
+
+
+def setting(a: RunAnalysis) -> str:
+    """The setting a run belongs to, for per-setting associations: its method and dataset."""
+    cfg = a.curves.config
+    return f"{method_label(cfg.get('method', '?'), cfg.get('use_awp', False))} on {cfg.get('dataset', '?')}"
+
+
+@dataclass(frozen=True)
+class MeasureRanking:
+    """Every tested measure's two tests against the gap over a set of runs, with Holm-adjusted p-values
+    over the measures (the family: the measures tested together), ranked by the within-run evidence."""
+
+    setting: str
+    measures: tuple[str, ...]
+    tests: tuple[GapTests, ...]
+    within_holm: tuple[float | None, ...]
+    across_holm: tuple[float | None, ...]
+
+    def order(self) -> list[int]:
+        """Measures by the within-run adjusted p (untestable last), then by |rho| within runs, descending."""
+        def key(i: int):
+            p = self.within_holm[i]
+            est = self.tests[i].within.estimate
+            return (p is None, p if p is not None else 1.0, -(abs(est.value) if est is not None else 0.0))
+        return sorted(range(len(self.measures)), key=key)
+
+
+def rank_measures(analyses: list[RunAnalysis], measures: tuple[str, ...], seed: int = 0) -> list[MeasureRanking]:
+    """`gap_tests` for every measure, over all runs and, when the runs span several settings (method,
+    dataset), over the runs of each setting; Holm's adjustment within each ranking."""
+    groups: dict[str, list[RunAnalysis]] = {"all runs": analyses}
+    by_setting: dict[str, list[RunAnalysis]] = {}
+    for a in analyses:
+        by_setting.setdefault(setting(a), []).append(a)
+    if len(by_setting) > 1:
+        groups.update(by_setting)
+    out = []
+    for label, runs in groups.items():
+        tests = tuple(gap_tests(runs, m, seed) for m in measures)
+        out.append(MeasureRanking(label, measures, tests, tuple(holm([t.within.p for t in tests])),
+                                  tuple(holm([t.across.p for t in tests]))))
+    return out

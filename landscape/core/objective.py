@@ -116,6 +116,7 @@ class ReattackedHessian:
         self.objective, self.h = objective, h
         self.names = list(objective.names)
         self.params = objective.centre
+        self.device = objective.device
         self.dim = sum(t.numel() for t in self.params.values())
         self._w_norm = float(torch.sqrt(sum(t.double().square().sum() for t in self.params.values())))
 
@@ -132,6 +133,16 @@ class ReattackedHessian:
 
     def loss(self) -> float:
         return self.objective.rho()["adv_loss"]
+
+    def flat_apply(self):
+        """(apply, count) as `HessianOperator.flat_apply`: float64 [dim] -> H times it, and its call count."""
+        count = [0]
+
+        def apply(flat: Tensor) -> Tensor:
+            count[0] += 1
+            return self.flatten(self.matvec(self.unflatten(flat))).to(torch.float64)
+
+        return apply, count
 
     def matvec(self, v: Mapping[str, Tensor]) -> Params:
         v_norm = float(torch.sqrt(sum(t.double().square().sum() for t in v.values())))

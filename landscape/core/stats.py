@@ -332,3 +332,24 @@ def verdict(est: Estimate | None, sign: int = +1) -> str:
     if hi < 0:
         return FAILS
     return NOT_SIGNIFICANT
+
+
+# ---------------------------------------------------------------------------------------------
+# Many measures at once
+# ---------------------------------------------------------------------------------------------
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None: no test, left out of the family):
+    p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j)) over the sorted ones. Rejecting where the adjusted
+    p < 0.05 keeps the chance of any false "holds" among the m measures at most 5% (Holm 1979), under
+    any dependence between the tests: the measures of one checkpoint are far from independent."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])  # type: ignore[arg-type, return-value]
+    m = len(order)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out

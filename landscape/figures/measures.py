@@ -105,3 +105,64 @@ def render(results: MeasureResults, png: Path) -> list[Path]:
     out = [save_png(fig, png, dpi=120)]
     out.append(save_plotly_html(html_figure(results), png.with_suffix(".html")))
     return out
+
+
+def ranking_figure(ranking):
+    """Spearman's rho of each measure with the gap, within runs and across runs, with 95% intervals, in
+    the ranking's order (matplotlib)."""
+    order = ranking.order()
+    names = [ranking.measures[i] for i in order]
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 2.0))
+    y = np.arange(len(names))
+    for off, scope, colour in ((-0.18, "within", "#1f5fa8"), (0.18, "across", "#c8553d")):
+        label = f"{scope} runs"
+        for row, i in enumerate(order):
+            t = getattr(ranking.tests[i], scope)
+            if t.estimate is None:
+                continue
+            e = t.estimate
+            ax.errorbar([e.value], [row + off], xerr=[[e.value - e.lo], [e.hi - e.value]], fmt="o", color=colour,
+                        capsize=3, label=label)
+            label = None  # one legend entry per scope
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel("Spearman ρ (sharpness, robust gap) with 95% interval")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    ax.set_title(f"which measure tracks the robust gap ({ranking.setting})\nranked by Holm-adjusted p within runs", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def ranking_html(ranking):
+    import plotly.graph_objects as go
+
+    order = ranking.order()
+    fig = go.Figure()
+    for scope, colour in (("within", "#1f5fa8"), ("across", "#c8553d")):
+        xs, ys, lo, hi, text = [], [], [], [], []
+        for i in order:
+            t = getattr(ranking.tests[i], scope)
+            if t.estimate is None:
+                continue
+            xs.append(t.estimate.value)
+            ys.append(ranking.measures[i])
+            lo.append(t.estimate.value - t.estimate.lo)
+            hi.append(t.estimate.hi - t.estimate.value)
+            text.append(f"p = {t.p:.3g}; {t.units}")
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{scope} runs", marker=dict(color=colour, size=9),
+                                 error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo), text=text,
+                                 hovertemplate="%{y}: ρ = %{x:.3f}<br>%{text}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"Spearman ρ of each measure with the robust gap ({ranking.setting}), 95% intervals",
+                      xaxis=dict(range=[-1.05, 1.05], title="Spearman ρ"), template="plotly_white",
+                      height=140 + 40 * len(order))
+    return fig
+
+
+def render_ranking(ranking, png: Path) -> list[Path]:
+    png = Path(png)
+    return [save_png(ranking_figure(ranking), png, dpi=120), save_plotly_html(ranking_html(ranking), png.with_suffix(".html"))]
