@@ -313,7 +313,7 @@ Norm = NORMS.choices("Norm")
 DirectionNorm = NORMALIZATIONS.choices("DirectionNorm")
 BNMode = BN_MODES.choices("BNMode")
 Measure = SHARPNESS.choices("Measure")
-DirectionKind = Enum("DirectionKind", {n: n for n, k in DIRECTIONS.items() if k.regenerable}, type=str)
+DirectionKind = Enum("DirectionKind", {n: n for n, k in DIRECTIONS.items() if k.cli}, type=str)
 Split = Enum("Split", {"train": "train", "test": "test"}, type=str)
 
 _PL = "Landscape (Eq. 5, Algorithm 1)"
@@ -330,7 +330,7 @@ LDataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where torchvision
 SplitOpt = Annotated[Split, typer.Option("--split", help="Data the loss is measured on (Algorithm 1: train).", rich_help_panel=_PD)]
 SamplesOpt = Annotated[int, typer.Option("--samples", min=0, help="Fixed class-stratified subset; 0 = the whole split.", rich_help_panel=_PD)]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Examples per forward pass.", rich_help_panel=_PD)]
-NormalizeOpt = Annotated[DirectionNorm, typer.Option("--normalize", help="Direction normalization: filter (Eq. 5), layer or none.", rich_help_panel=_PL)]
+NormalizeOpt = Annotated[DirectionNorm, typer.Option("--normalize", help="Normalization of random and hessian directions: filter (Eq. 5), layer or none (hessian: the unit eigenvector times ||w||).", rich_help_panel=_PL)]
 IncludeBnOpt = Annotated[bool, typer.Option("--include-bn", help="Give biases and BatchNorm parameters a direction too (d = w).", rich_help_panel=_PL)]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of the random directions (seed, k), random starts and --samples.", rich_help_panel=_PL)]
 BnOpt = Annotated[BNMode, typer.Option("--bn", help="eval: keep w's BN statistics; recalibrate: re-estimate them at every point.", rich_help_panel=_PL)]
@@ -438,15 +438,33 @@ def _compute_or_redraw(ckpt: Optional[Path], from_results: Optional[Path]) -> bo
     return from_results is None
 
 
+# The direction kinds, their help from the registry's summaries (probe takes every one the CLI makes,
+# plot2d those that give a plane).
+_KINDS_HELP = "; ".join(f"{n}: {k.summary}" for n, k in DIRECTIONS.items() if k.cli)
+DirectionOpt = Annotated[DirectionKind, typer.Option("--direction", help=f"Direction kind. {_KINDS_HELP}.", rich_help_panel=_PL)]
+ParamsOpt = Annotated[Optional[str], typer.Option("--params", help="Move only these parameters: comma-separated globs on their names (fnmatch), e.g. 'net.3.*' or 'layer4.*,linear.weight'; every other parameter stays at w bit for bit.", rich_help_panel=_PL)]
+PerLayerOpt = Annotated[bool, typer.Option("--per-layer", help="Each block (the module owning parameters, of --params if given) in turn: probe's --dirs directions, or every measure, per block; the tables and figures group them by block (sharpness over --epoch all: by layer over epochs).", rich_help_panel=_PL)]
+GammaOpt = Annotated[Optional[str], typer.Option("--gamma", help="--direction awp: gamma of Eq. 8 (default 5e-3, AWPConfig's; with one ascent step from v = 0 it sets only where alpha = gamma, AWP's own point, lies).", rich_help_panel=_PL)]
+
+
+def _gamma(text: Optional[str]) -> Optional[float]:
+    from awp.config import parse_fraction
+
+    return parse_fraction(text, "--gamma") if text is not None else None
+
+
 @app.command()
 @with_landscape_flags
 def probe(
     ckpt: CkptArg = None,
     from_results: FromOpt = None,
     alphas: Annotated[str, typer.Option("--alphas", help="MIN:MAX:NUM, with MIN < 0 < MAX.", rich_help_panel=_PL)] = "-1:1:41",
-    dirs: Annotated[int, typer.Option("--dirs", min=1, help="Random directions (Appendix B.2 uses 10).", rich_help_panel=_PL)] = 10,
-    direction: Annotated[DirectionKind, typer.Option("--direction", help="random, or interpolate: the straight line to --to.", rich_help_panel=_PL)] = DirectionKind.random,
-    to: Annotated[Optional[str], typer.Option("--to", help="interpolate: the epoch of the same run the line leads to (best, last, N).", rich_help_panel=_PL)] = None,
+    dirs: Annotated[Optional[int], typer.Option("--dirs", min=1, help="Directions (per block with --per-layer): default 10 random ones (Appendix B.2 uses 10), 1 of the other kinds; hessian: the top N eigenvectors; pca: 1 (PC1) or 2 (PC1, PC2).", rich_help_panel=_PL, show_default=False)] = None,
+    direction: DirectionOpt = DirectionKind.random,
+    to: Annotated[Optional[str], typer.Option("--to", help="interpolate: where the line leads: an epoch of the same run (best, last, N), another run file OTHER.h5 (its reported epoch: the last, AT-ES's best) or OTHER.h5:EPOCH, or a .pt; the architectures must fit.", rich_help_panel=_PL)] = None,
+    gamma: GammaOpt = None,
+    params: ParamsOpt = None,
+    per_layer: PerLayerOpt = False,
     radius: Annotated[Optional[str], typer.Option("--radius", help="|alpha| of the sharpness measures (default: half the range).", rich_help_panel=_PL)] = None,
     fixed_adv: Annotated[bool, typer.Option("--fixed-adv", help="Ablation: examples made once at w, reused at every point.", rich_help_panel=_PA)] = False,
     png: Annotated[Optional[Path], typer.Option("--png", help="Figure; default beside the results file (HTML beside it).", rich_help_panel=_PO)] = None,
@@ -461,7 +479,8 @@ def probe(
         rerender(from_results, str(png) if png else None, r, overwrite=flags["overwrite"])
         return
     cfg = ProbeConfig(**_options(ckpt, flags), alphas=alphas, dirs=dirs, direction=direction.value, to=to,
-                      fixed_adv=fixed_adv, radius=r, png=str(png) if png else None)
+                      gamma=_gamma(gamma), params=params, per_layer=per_layer, fixed_adv=fixed_adv, radius=r,
+                      png=str(png) if png else None)
     _run_landscape(cfg, plan, run_probe, flags["oversubscribe"])
 
 
@@ -488,6 +507,8 @@ def plot2d(
     from_results: FromOpt = None,
     grid: Annotated[str, typer.Option("--grid", help="Points along alpha x beta, e.g. 21x21 or 31x11.", rich_help_panel=_PL)] = "21x21",
     span: Annotated[str, typer.Option("--range", help="AMIN:AMAX,BMIN:BMAX (one span: both axes).", rich_help_panel=_PL)] = "-1:1,-1:1",
+    direction: DirectionOpt = DirectionKind.random,
+    gamma: GammaOpt = None,
     shard: ShardOpt = None,
     launcher: LauncherOpt = None,
     shards: ShardsOpt = None,
@@ -495,7 +516,7 @@ def plot2d(
     launcher_params: LauncherParamsOpt = None,
     *, flags: dict,
 ) -> None:
-    """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2); resumable; torchrun-ready; shards for any cluster."""
+    """The 2-D landscape |g(alpha, beta) - g(0, 0)| with PGD on the fly (Appendix B.2), along random directions d, e (default), the top two Hessian eigenvectors, the training trajectory's PC1 and PC2 (path drawn) or AWP's direction and a random one; resumable; torchrun-ready; shards for any cluster."""
     from landscape.commands.plot2d import Plot2DConfig, launch_plot2d, plan, rerender, run_plot2d
     from landscape.pipeline.launch import parse_shard
 
@@ -507,7 +528,8 @@ def plot2d(
                         "(for one shard here, give --shard K/N)")
     if launcher is None and (launcher_folder is not None or launcher_params is not None):
         raise UserError("--launcher-folder and --launcher-params need --launcher submitit or submitit-local, and --shards N")
-    cfg = Plot2DConfig(**_options(ckpt, flags), grid=grid, range=span, shard=parse_shard(shard) if shard is not None else None)
+    cfg = Plot2DConfig(**_options(ckpt, flags), grid=grid, range=span, shard=parse_shard(shard) if shard is not None else None,
+                       direction=direction.value, gamma=_gamma(gamma))
     if launcher is not None:
         launch_plot2d(cfg, launcher.value, shards, launcher_folder, _launcher_params(launcher_params))
         return
@@ -524,6 +546,52 @@ def merge(
     from landscape.commands.plot2d import merge_plot2d
 
     merge_plot2d(out, list(shards or []), overwrite=overwrite)
+
+
+# ---- sharpness: the menu of measures (landscape.core.measures), its parameters' flags built from the registry
+
+_SM = "Measures (each flag for the measures that name it)"
+
+
+def with_measure_flags(command):
+    """Give `command` one option per parameter of `MEASURE_PARAMS` (e.g. --xi-avg, --pac-threshold), its
+    help naming the measures that read it; it receives the given ones as `measure_params` = {name: text}."""
+    import inspect
+
+    from landscape.core.measures import MEASURE_PARAMS, param_flag
+
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+            param_flag(name), help=f"{p.help} (default {p.default!r}).", rich_help_panel=_SM)])
+        for name, p in MEASURE_PARAMS.items()
+    ]
+    return with_extra_options(command, "measure_params", extra, lambda values: {k: v for k, v in values.items() if v is not None})
+
+
+def _measures_help() -> str:
+    from landscape.core.measures import DEFAULT_MEASURES, MEASURES
+
+    lines = "; ".join(f"{n}: {k.help()}" for n, k in MEASURES.items())
+    return f"Comma-separated measures, or all (default: {','.join(DEFAULT_MEASURES)}). {lines}."
+
+
+@app.command()
+@with_measure_flags
+@with_landscape_flags
+def sharpness(
+    ckpt: Annotated[Path, typer.Argument(help="Run file from train-awp, or a .pt state dict.", show_default=False)],
+    measures: Annotated[Optional[str], typer.Option("--measures", help=_measures_help(), rich_help_panel=_SM)] = None,
+    params: ParamsOpt = None,
+    per_layer: PerLayerOpt = False,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Figure; default beside the results file (HTML beside it).", rich_help_panel=_PO)] = None,
+    *, flags: dict, measure_params: dict,
+) -> None:
+    """A menu of robust sharpness measures (rise, curvature, Stutz flatness, adaptive, PAC-Bayes, Hessian) with PGD re-run at every weight point; per layer; resumable."""
+    from landscape.commands.sharpness import SharpnessConfig, run_sharpness
+
+    cfg = SharpnessConfig(**_options(ckpt, flags), measures=measures, params=params, per_layer=per_layer,
+                          measure_params=measure_params, png=str(png) if png else None)
+    run_sharpness(cfg)
 
 
 # ---- eval
@@ -588,10 +656,10 @@ _GL = "Landscapes (probed every K epochs, cached beside each run)"
 
 def _gap_config(runs: list[Path], every: int, sharpness: Measure, dirs: int, alphas: str, pgd: Optional[int],
                 samples: int, seed: int, device: str, quiet: bool, overwrite: bool, out_dir: Path = Path("figures"),
-                prefix: str = "gap"):
+                prefix: str = "gap", measures: Optional[str] = None):
     from landscape.commands.analysis import GapConfig
 
-    return GapConfig(runs=tuple(str(r) for r in runs), every=every, sharpness=sharpness.value, dirs=dirs, alphas=alphas,
+    return GapConfig(runs=tuple(str(r) for r in runs), every=every, sharpness=sharpness.value, measures=measures, dirs=dirs, alphas=alphas,
                      steps=pgd, samples=samples, seed=seed, device=device, out_dir=str(out_dir), prefix=prefix,
                      progress=not quiet, overwrite=overwrite)
 
@@ -606,6 +674,7 @@ GSamplesOpt = Annotated[int, typer.Option("--samples", min=0, help="Fixed class-
 GSeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of directions, random starts and --samples.", rich_help_panel=_GL)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs that an earlier run of this command on these runs did not write.")]
 GQuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+GMeasuresOpt = Annotated[Optional[str], typer.Option("--measures", help="Also test these sharpness measures against the gap (as `landscape sharpness --measures`, their default parameters; all: every one), each within and across runs, per setting (method, dataset), ranked with Holm-adjusted p-values; cached beside each run (RUN.measures.h5).", rich_help_panel=_GL)]
 
 
 @app.command()
@@ -620,14 +689,16 @@ def gap(
     seed: GSeedOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where figures go (PNG and HTML).")] = Path("figures"),
     prefix: Annotated[str, typer.Option("--prefix", help="File-name prefix of the figures.")] = "gap",
+    measures: GMeasuresOpt = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     quiet: GQuietOpt = False,
 ) -> None:
-    """Robust generalization gap vs landscape sharpness over epochs and runs (Figure 1), with valid tests."""
+    """Robust generalization gap vs landscape sharpness over epochs and runs (Figure 1), with valid tests; --measures ranks many."""
     from landscape.commands.gap import run_gap
 
-    run_gap(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite, out_dir, prefix))
+    run_gap(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite, out_dir, prefix,
+                        measures))
 
 
 @app.command()
@@ -642,14 +713,16 @@ def report(
     pgd: GPgdOpt = None,
     samples: GSamplesOpt = 200,
     seed: GSeedOpt = 0,
+    measures: GMeasuresOpt = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     quiet: GQuietOpt = False,
 ) -> None:
-    """One self-contained, offline HTML report: configs, curves, landscapes, 2-D plots, gap vs sharpness."""
+    """One self-contained, offline HTML report: configs, curves, landscapes, 2-D plots, gap vs sharpness (and --measures ranked)."""
     from landscape.commands.report import write_report
 
-    path = write_report(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite), out, title)
+    path = write_report(_gap_config(runs, every, sharpness, dirs, alphas, pgd, samples, seed, device, quiet, overwrite,
+                                    measures=measures), out, title)
     typer.echo(f"report: {path}")
 
 

@@ -177,3 +177,55 @@ def plane_model(model: nn.Module, data: Any, *, alphas: Any = np.linspace(-1, 1,
     """The 2-D landscape g(w + alpha d + beta e) (Appendix B.2, Figure 6): [checkpoint, alpha, beta];
     d, e are `probe_model`'s random directions 0 and 1 for the same seed, or two given ones."""
     return landscape_model(model, data, Grid.plane(_axis(alphas, "alphas", False), _axis(betas, "betas", False)), **kwargs)
+
+
+def sharpness_model(
+    model: nn.Module,
+    data: Any,
+    *,
+    measures: str | Sequence[str] | None = None,
+    attack: AttackConfig | None = None,
+    params: str | Sequence[str] | None = None,
+    per_layer: bool = False,
+    include_bn: bool = False,
+    bn: str = "eval",
+    bn_data: Any = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    kernels: Kernels | None = None,
+    progress: bool = False,
+    **measure_params: Any,
+):
+    """The menu of robust sharpness measures (`landscape.core.measures.MEASURES`: rise, curvature, Stutz
+    flatness, adaptive, PAC-Bayes, Hessian trace and top eigenvalue) of the model at its weights, PGD
+    re-run at every weight point; over every parameter, those matching `params` globs, or each block
+    (`per_layer`). `measure_params`: any of `MEASURE_PARAMS` (xi_worst=0.01, trace_probes=100, ...).
+    Returns a `landscape.storage.measures.MeasureResults` (`.get(name, scope)`, `.save(path)`)."""
+    from landscape.commands.sharpness import measure_pending, resolve_scopes
+    from landscape.core import measures as M
+    from landscape.storage.measures import MeasureResults
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    attack = AttackConfig() if attack is None else attack
+    _check(attack, "attack", isinstance(attack, AttackConfig), "an awp.attacks.AttackConfig")
+    _check(batch_size, "batch_size", isinstance(batch_size, int) and batch_size >= 1, "an int >= 1")
+    _check(bn, "bn", bn in engine.BN_MODES, f"one of {', '.join(engine.BN_MODES)}")
+    names = M.parse_measures(",".join(measures) if isinstance(measures, (list, tuple)) else measures)
+    values = M.resolve_params(measure_params)
+    kernels = Kernels() if kernels is None else kernels
+    globs = ",".join(params) if isinstance(params, (list, tuple)) else params
+    scopes = resolve_scopes({n: p.shape for n, p in model.named_parameters()}, globs, per_layer, include_bn)
+    ident = CheckpointId("<memory>", None, weights_sha256(model.state_dict()), type(model).__name__)
+    config = {"command": "api", "measures": list(names), "attack": asdict(attack), "seed": seed, "bn": bn,
+              "batch_size": batch_size, "scopes": scopes, **kernels.decides()}
+    results = MeasureResults([ident], list(names), scopes, config)
+    dev = resolve_device(str(device))
+    with _kept(model):
+        batches = engine.fixed_batches(data, batch_size, attack, seed, dev)
+        bn_inputs = engine.clean_inputs(data if bn_data is None else bn_data, batch_size, dev) if bn == "recalibrate" else []
+        kernels.check(dev)
+        measure_pending(results, [lambda d: model.to(d).eval()], batches, attack, dev, values, seed, bn=bn,
+                        bn_inputs=bn_inputs, kernels=kernels, progress=progress)
+    return results

@@ -5,6 +5,7 @@ parameter bit for bit, agreement with the probe's rise, and the resumable result
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -154,3 +155,58 @@ def test_results_file_resumes_only_what_is_pending(tmp_path):
     assert len(back.pending()) == 2 * 2 * 2 - 1 and (0, 1, 1) not in back.pending()
     assert back.scopes == {"all": ["a"], "net.3": ["b"]} and back.checkpoints == ids
     assert np.isnan(back.value[1]).all()
+
+
+def test_python_api_per_layer_on_your_own_module(digits):
+    import landscape
+
+    model = relu_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = digits.train.tensors
+    data = torch.utils.data.TensorDataset(x[:64], y[:64])
+    res = landscape.sharpness_model(model, data, measures=["flatness-worst", "hessian-trace"], attack=ATTACK,
+                                    per_layer=True, batch_size=32, ascent_steps=2, trace_probes=4)
+    assert res.scope_labels == ["1", "3", "5"] and res.complete
+    v, se = res.get("hessian-trace", "5")
+    assert v.shape == (1,) and v[0] > 0 and se[0] > 0
+    assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())
+    with pytest.raises(UserError, match="unknown measure parameter 'xi'"):
+        landscape.sharpness_model(model, data, measures="rise", attack=ATTACK, xi=0.1)
+
+
+@pytest.fixture(scope="module")
+def run_file(tmp_path_factory):
+    """Two epochs of AT on 60 digits, both epochs' weights kept."""
+    from awp.train import train
+    from awp.trainconfig import TrainConfig
+
+    path = tmp_path_factory.mktemp("run") / "run.h5"
+    cfg = TrainConfig(dataset="digits", arch="smallcnn", attack=AttackConfig("linf", 0.2, 0.05, 2), eval_steps=1,
+                      eval_step_size=0.1, epochs=2, batch_size=30, train_size=60, train_eval_size=30, test_size=30,
+                      save_every=1, seed=0)
+    train(cfg, path)
+    return path
+
+
+def test_command_is_interrupted_and_resumes_without_losing_a_value(run_file, tmp_path, monkeypatch):
+    from awp.errors import Interrupted
+    from landscape.commands import sharpness as cmd
+    from landscape.storage.measures import MeasureResults
+
+    cfg = cmd.SharpnessConfig(checkpoint=str(run_file), epochs="all", measures="rise,flatness-worst", steps=1,
+                              samples=20, per_layer=True, measure_params={"dirs": "1", "ascent_steps": "1"},
+                              out=str(tmp_path / "m.h5"), progress=False, device="cpu")
+    calls = iter([False, False, True])
+    monkeypatch.setattr(cmd, "stop_requested", lambda: next(calls, False))
+    with pytest.raises(Interrupted, match="value"):
+        cmd.run_sharpness(cfg)
+    partial = MeasureResults.load(tmp_path / "m.h5")
+    assert partial.done.sum() == 3 and not partial.complete
+    kept = partial.value[partial.done].copy()
+    full = cmd.run_sharpness(cfg)
+    assert full.complete and full.scope_labels == ["net.0", "net.3", "net.7", "net.12"]
+    np.testing.assert_array_equal(full.value[partial.done], kept)  # finished values are never recomputed
+    assert (tmp_path / "m.png").stat().st_size > 5000 and (tmp_path / "m.html").exists()
+    stale = replace(cfg, measure_params={"dirs": "2", "ascent_steps": "1"})
+    with pytest.raises(UserError, match="dirs"):
+        cmd.run_sharpness(stale)

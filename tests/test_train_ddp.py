@@ -124,9 +124,12 @@ def test_two_ranks_compute_the_single_process_run_when_the_step_has_no_randomnes
         else:
             np.testing.assert_allclose(ma[k], mb[k], rtol=1e-5, atol=1e-6, err_msg=k)
     sa, sb = a.state_dict(2), b.state_dict(2)
+    # Measured (torch 2.14, CPU): <= 2.2e-7 of the largest weight for AT; with AWP up to 2.0e-5, since its step
+    # g_l / ||g_l|| (Eq. 10) magnifies summation-order rounding in a layer whose gradient is small.
+    tol = 1e-4 if awp else 1e-5
     for k in sa:
         scale = float(sa[k].abs().max())
-        assert float((sa[k] - sb[k]).abs().max()) <= 1e-5 * scale, k  # measured: <= 2.2e-7 of the largest weight
+        assert float((sa[k] - sb[k]).abs().max()) <= tol * scale, k
 
 
 # ---------------------------------------------------------------------------------------------

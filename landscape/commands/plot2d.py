@@ -1,7 +1,10 @@
 """`landscape plot2d`: the 2-D landscape g(alpha, beta) = rho(w + alpha d + beta e) (Appendix B.2, Figure 6),
 with PGD on the fly at every grid point, resumable, and split across torchrun ranks. A configuration
 of the one pipeline (`landscape.pipeline.run`): [checkpoint, alpha, beta] coordinates, d and e being
-`probe`'s random directions 0 and 1 for the same seed; the origin g(0, 0) is computed once.
+`probe`'s random directions 0 and 1 for the same seed (`--direction random`), the top two Hessian
+eigenvectors (`hessian`), the training trajectory's PC1 and PC2 with the path drawn on the contour
+(`pca`, Li et al. 2018), or AWP's direction against random direction 1 (`awp`); the origin g(0, 0)
+is computed once.
 
 On a cluster the grid splits into shards (`--shard K/N`, one results file each, any scheduler), which
 `merge_plot2d` (`landscape merge`) combines; `launch_plot2d` (`--launcher`) submits them as one job
@@ -21,7 +24,8 @@ from awp.config import check_positive_int
 from awp.errors import Interrupted, UserError
 from awp.safeio import check_dir, check_output, provenance, signed
 from landscape.commands.options import LandscapeOptions, job_for, recorded_options, resolve_attack
-from landscape.core.directions import random_specs
+from landscape.commands.probe import check_directions, plan_directions
+from landscape.core.directions import DIRECTIONS
 from landscape.core.axes import GridSpec, parse_grid, parse_ranges
 from landscape.pipeline import launch
 from landscape.pipeline.run import Outcome, Plan, execute, open_or_resume
@@ -37,10 +41,18 @@ class Plot2DConfig(LandscapeOptions):
     grid: str = "21x21"  # points along alpha x points along beta
     range: str = "-1:1,-1:1"  # AMIN:AMAX,BMIN:BMAX
     shard: tuple[int, int] | None = None  # (K, N): compute only shard K of N of the grid (1-based)
+    direction: str = "random"  # a kind of `DIRECTIONS` with `plane`: random, hessian, pca, awp
+    gamma: float | None = None  # awp: gamma of Eq. 8 (None: `probe.DEFAULT_GAMMA`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.spec()
+        kind = DIRECTIONS.lookup(self.direction)
+        if not kind.plane:
+            planes = ", ".join(n for n, k in DIRECTIONS.items() if k.plane)
+            raise UserError(f"--direction {self.direction} gives no plane for plot2d (it takes {planes}); draw it "
+                            f"in 1-D with `landscape probe --direction {self.direction}`")
+        check_directions(self.direction, self.normalize, self.gamma)
         if self.shard is not None:
             launch.check_shard(self.shard)
 
@@ -102,14 +114,16 @@ def plan(cfg: Plot2DConfig) -> Plan:
         raise UserError(f"plot2d draws one checkpoint; --epoch {cfg.epochs!r} selects {len(source.checkpoints)}: "
                         f"give best, last or one epoch number")
     attack = resolve_attack(cfg, source.train_attack, str(source.path))
-    specs = random_specs(2, cfg.seed, cfg.normalize, cfg.include_bn)  # d, e: Alg. 1 lines 2-7, twice
+    planned = plan_directions(cfg, source, cfg.direction, 2, gamma=cfg.gamma, plane=True)  # d, e
+    specs = planned.specs  # random: Alg. 1 lines 2-7, twice
     config = json.loads(json.dumps({
         "command": "plot2d", "checkpoint": str(source.path), "arch": source.arch, "dataset": source.dataset,
         "grid": [spec.n_alpha, spec.n_beta], "alpha_range": list(spec.alpha_range), "beta_range": list(spec.beta_range),
         "directions": specs, **recorded_options(cfg, attack),
         **({"shard": list(cfg.shard)} if cfg.shard else {}),  # a resume under another --shard is refused, naming it
     }))
-    fresh = Landscape(Grid.plane(spec.alphas, spec.betas), specs, [source.checkpoints[0].ident], config)
+    fresh = Landscape(Grid.plane(spec.alphas, spec.betas), planned.recorded(), [source.checkpoints[0].ident], config,
+                      stored=planned.stored)
     return Plan(
         out=out, results=fresh, tag=tag,
         job=lambda results, device: job_for(cfg, source, attack, results, device, 4),

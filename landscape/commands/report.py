@@ -16,7 +16,9 @@ import numpy as np
 
 from landscape.figures import study as figures
 from awp.safeio import check_output, provenance, signed
-from landscape.commands.analysis import GapConfig, GapTests, RunAnalysis, analyse, check_caches, gap_tests, landscape_path
+from landscape.commands.analysis import (GapConfig, GapTests, MeasureRanking, RunAnalysis, analyse, check_caches,
+                                         gap_tests, landscape_path, rank_measures)
+from landscape.core.stats import ALPHA
 from landscape.storage.results import FORMAT, LEGACY_PLANE, Landscape
 from landscape.figures.output import save_text
 from landscape.figures.plane import html_figure
@@ -110,13 +112,37 @@ def evaluations_table(analyses: list[RunAnalysis]) -> str:
             "fails on it.</p>")
 
 
+def ranking_table(r: MeasureRanking) -> str:
+    """The measures ranked by how well they track the gap, with Holm-adjusted p-values over the measures."""
+    from landscape.core.measures import MEASURES
+
+    rows = ""
+    for rank, i in enumerate(r.order(), 1):
+        name = r.measures[i]
+        kind = MEASURES.get(name)
+        cells = ""
+        for t, adj in ((r.tests[i].within, r.within_holm[i]), (r.tests[i].across, r.across_holm[i])):
+            if t.estimate is None:
+                cells += f"<td colspan=3 class=note>{html.escape(t.reason or '')}</td>"
+            else:
+                verdict = t.status if adj is not None and adj < ALPHA else "not significant"
+                cells += (f"<td class=num>{html.escape(str(t.estimate))}</td><td class=num>{t.p:.3g} / {adj:.3g}</td>"
+                          f"<td>{verdict}</td>")
+        inv = "–" if kind is None else ("yes" if kind.invariant else "no")
+        rows += f"<tr><td class=num>{rank}</td><td>{html.escape(name)}</td>{cells}<td>{inv}</td></tr>"
+    return (f"<h3>{html.escape(r.setting)}</h3><table><tr><th>rank</th><th>measure</th><th>within runs: Spearman [95%]</th>"
+            f"<th>p / Holm</th><th></th><th>across runs: Spearman [95%]</th><th>p / Holm</th><th></th>"
+            f"<th>ReLU-rescaling invariant</th></tr>{rows}</table>")
+
+
 @dataclass
 class Section:
     title: str
     body: str
 
 
-def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, title: str) -> str:
+def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, title: str,
+                 rankings: list[MeasureRanking] = ()) -> str:
     import plotly.offline
 
     def fig_html(fig) -> str:
@@ -141,6 +167,17 @@ def build_report(analyses: list[RunAnalysis], tests: GapTests, sharpness: str, t
                                 + "<p class=note>One point per run (seed); AT-ES at its early-stopped epoch, every other "
                                   "method at its last. The Spearman test across runs uses the runs of the test table "
                                   "above (independent trainings as units).</p>"))
+    if rankings:
+        from landscape.figures import measures as mfig
+
+        body = fig_html(mfig.ranking_html(rankings[0])) + "".join(ranking_table(r) for r in rankings)
+        body += (f"<p class=note>Each measure is tested as the x axis above is: Spearman of the epoch-to-epoch changes "
+                 f"within runs and of one point per run across runs. p-values are Holm-adjusted over the "
+                 f"{len(rankings[0].measures)} measures of each table, so the chance of any false 'holds' in a table is "
+                 f"at most {ALPHA:.0%}. Per setting: the runs of one method and dataset.</p>")
+        body += "".join(fig_html(mfig.html_figure(a.measures, f"{a.curves.label} · {a.curves.path.stem}"))
+                        for a in analyses if a.measures is not None)
+        sections.append(Section("Which sharpness measure tracks the robust gap", body))
     planes = [(a, p) for a in analyses for p in find_planes(a.curves.path)]
     if planes:
         body = ""
@@ -173,7 +210,8 @@ def write_report(cfg: GapConfig, out: str | Path, title: str = "Weight loss land
     tag = check_report(cfg, out) if analyses is None else provenance("report", cfg.runs, out.parent)
     analyses = analyses if analyses is not None else analyse(cfg)
     tests = tests if tests is not None else gap_tests(analyses, cfg.sharpness, cfg.seed)
-    page = build_report(analyses, tests, cfg.sharpness, title)
+    rankings = rank_measures(analyses, cfg.tested, cfg.seed) if cfg.measures else []
+    page = build_report(analyses, tests, cfg.sharpness, title, rankings)
     with signed(tag):
         return save_text(page, out)
 

@@ -88,22 +88,23 @@ def parameter_names(source: Source) -> dict[str, torch.Size]:
     return {n: p.shape for n, p in model.named_parameters()}
 
 
-def resolve_scopes(cfg: SharpnessConfig, shapes: dict[str, torch.Size]) -> dict[str, list[str]]:
+def resolve_scopes(shapes: dict[str, torch.Size], params: str | None = None, per_layer: bool = False,
+                   include_bn: bool = False) -> dict[str, list[str]]:
     """The scopes to measure over, each restricted to the parameters the measures move: weights with
-    dim > 1 (AWP's and the directions' default), biases and BN too with --include-bn."""
-    eligible = [n for n, s in shapes.items() if len(s) > 1 or cfg.include_bn]
-    out = make_scopes(list(shapes), parse_globs(cfg.params), cfg.per_layer, eligible)
+    dim > 1 (AWP's and the directions' default), biases and BN too with `include_bn` (--include-bn)."""
+    eligible = [n for n, s in shapes.items() if len(s) > 1 or include_bn]
+    out = make_scopes(list(shapes), parse_globs(params), per_layer, eligible)
     keep = set(eligible)
     out = {label: [n for n in names if n in keep] for label, names in out.items()}
     empty = [label for label, names in out.items() if not names]
     if empty:
-        raise UserError(f"--params {cfg.params!r} matches only biases and BatchNorm parameters ({empty[0]}); "
+        raise UserError(f"--params {params!r} matches only biases and BatchNorm parameters ({empty[0]}); "
                         f"add --include-bn to measure them, or choose weights")
     return out
 
 
 def fresh_results(cfg: SharpnessConfig, source: Source, attack) -> MeasureResults:
-    scopes = resolve_scopes(cfg, parameter_names(source))
+    scopes = resolve_scopes(parameter_names(source), cfg.params, cfg.per_layer, cfg.include_bn)
     config = json.loads(json.dumps({
         "command": "sharpness", "checkpoint": str(source.path), "kind": source.kind, "arch": source.arch,
         "dataset": source.dataset, "epochs": [c.ident.epoch for c in source.checkpoints],
@@ -150,28 +151,38 @@ def run_sharpness(cfg: SharpnessConfig, console: Console | None = None) -> Measu
 
 def compute(results: MeasureResults, cfg: SharpnessConfig, source: Source, attack, device: torch.device,
             todo: list[tuple[int, int, int]], flush) -> None:
-    """The pending (checkpoint, measure, scope) values, one checkpoint's model at a time; Ctrl-C stops
-    after the value in flight, keeping every finished one."""
+    """The pending values of `results` for the checkpoints of `source` (`measure_pending`)."""
     kernels = cfg.kernels
     kernels.check(device)
     batches, bn_inputs, n = probe_data(cfg, source, attack, device)
     results.runtime["examples"] = n
-    params = M.resolve_params(cfg.measure_params)
+    measure_pending(results, [c.build for c in source.checkpoints], batches, attack, device,
+                    M.resolve_params(cfg.measure_params), cfg.seed, bn=cfg.bn, bn_inputs=bn_inputs, kernels=kernels,
+                    progress=cfg.progress, flush=flush)
+
+
+def measure_pending(results: MeasureResults, builds, batches, attack, device: torch.device, params: dict, seed: int, *,
+                    bn: str = "eval", bn_inputs=(), kernels=None, progress: bool = False, flush=lambda: None) -> None:
+    """Every pending (checkpoint, measure, scope) value, one checkpoint's model (`builds[c](device)`) at a
+    time, measures of one scope sharing their work; `flush` after each value. Ctrl-C stops after the value
+    in flight (`Interrupted`), keeping every finished one."""
+    from awp.kernels import Kernels
+
+    kernels = kernels or Kernels()
+    todo = results.pending()
     labels = results.scope_labels
-    with PointBar(len(todo), cfg.progress, "sharpness", unit="values") as bar:
+    with PointBar(len(todo), progress, "sharpness", unit="values") as bar:
         for c in sorted({c for c, _, _ in todo}):
-            model = kernels.prepare(source.checkpoints[c].build(device)).eval()
+            model = kernels.prepare(builds[c](device)).eval()
             with engine.frozen(model):
                 for s in sorted({s for cc, _, s in todo if cc == c}):
-                    objective = Objective(model, batches, attack, results.scopes[labels[s]], cfg.bn, bn_inputs,
+                    objective = Objective(model, batches, attack, results.scopes[labels[s]], bn, bn_inputs,
                                           autocast=lambda: kernels.autocast(device))
                     cache: dict = {}
-                    for cc, m, ss in todo:
-                        if (cc, ss) != (c, s):
-                            continue
+                    for m in [m for cc, m, ss in todo if (cc, ss) == (c, s)]:
                         name = results.measures[m]
                         bar.describe(f"{results.checkpoints[c].label} {labels[s]} {name}")
-                        results.set(c, m, s, M.compute(name, objective, params, cfg.seed, cache))
+                        results.set(c, m, s, M.compute(name, objective, params, seed, cache))
                         flush()
                         bar.advance()
                         if stop_requested():

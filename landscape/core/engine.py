@@ -42,6 +42,20 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def grads_on(params: Sequence[Tensor]) -> Iterator[None]:
+    """`requires_grad` on for these parameters inside the block (`frozen` turned it off: a measure or a
+    direction that needs weight gradients, e.g. AWP's ascent), restored afterwards."""
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fixed batches with common random numbers
 # ---------------------------------------------------------------------------------------------

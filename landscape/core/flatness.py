@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from awp.errors import UserError
 from awp.perturb import ascent_step, layer_norms

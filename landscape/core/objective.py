@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator, Mapping, Sequence
+from typing import Callable, ContextManager, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +22,6 @@ from awp.weights import offset, snapshot
 from landscape.core import engine
 
 Params = dict[str, Tensor]
-
-
-@contextlib.contextmanager
-def grads_on(params: Sequence[Tensor]) -> Iterator[None]:
-    """`requires_grad` on for these parameters inside the block (the probe freezes them), restored after."""
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 @dataclass
@@ -97,7 +84,7 @@ class Objective:
             for b in self.batches:
                 x, y = b.x.to(self.device), b.y.to(self.device)
                 x_adv = pgd(self.model, x, y, self.attack, delta0=b.delta0.to(self.device)) if engine.attack_active(self.attack) else x
-                with grads_on(tensors), torch.enable_grad():
+                with engine.grads_on(tensors), torch.enable_grad():
                     loss = F.cross_entropy(self.model(x_adv), y, reduction="sum")
                     g = torch.autograd.grad(loss, tensors, allow_unused=True)
                 for acc, gi in zip(total, g):

@@ -72,3 +72,12 @@ def scopes(names: Sequence[str], globs: Sequence[str] = (), per_layer: bool = Fa
     if not out:
         raise UserError(f"--per-layer found no block with a parameter to move among {len(chosen)} parameter(s)")
     return out
+
+
+def by_block(specs: Sequence[Mapping]) -> list[tuple[str | None, list[int]]]:
+    """[(block, indices of the direction specs in it)] in the order blocks first appear: a single group
+    (block None) when no spec names a "block" (only `--per-layer` names them)."""
+    out: dict[str | None, list[int]] = {}
+    for k, spec in enumerate(specs):
+        out.setdefault(spec.get("block"), []).append(k)
+    return list(out.items()) if any(b is not None for b in out) else [(None, list(range(len(specs))))]

@@ -70,7 +70,7 @@ def figure(results: MeasureResults):
     return fig
 
 
-def html_figure(results: MeasureResults):
+def html_figure(results: MeasureResults, title: str | None = None):
     """The same panels in plotly, hover showing value, uncertainty and scope."""
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
@@ -85,7 +85,7 @@ def html_figure(results: MeasureResults):
         for s, label in enumerate(labels):
             v, se = results.value[:, i, s], results.se[:, i, s]
             err = dict(type="data", array=np.where(np.isfinite(se), BAND_Z * se, 0.0), visible=True)
-            common = dict(name=label, legendgroup=label, showlegend=(i == 0), error_y=err,
+            common = dict(name=label, legendgroup=label, showlegend=(i == 0 and len(labels) > 1), error_y=err,
                           customdata=np.stack([se], axis=-1),
                           hovertemplate=f"{name}<br>{label}<br>%{{x}}: %{{y:.4g}} ± %{{customdata[0]:.2g}}<extra></extra>")
             trace = (go.Bar(x=[label], y=v, **common) if single
@@ -93,8 +93,10 @@ def html_figure(results: MeasureResults):
             fig.add_trace(trace, row=r, col=c)
         if not single:
             fig.update_xaxes(title_text=xlabel, row=r, col=c)
-    fig.update_layout(title="robust sharpness (PGD re-run at every weight point); error bars ±1.96 × uncertainty",
-                      height=320 * rows, width=430 * cols, template="plotly_white")
+    name = title or Path(results.checkpoints[0].source).name
+    fig.update_layout(title=f"robust sharpness of {name} (PGD re-run at every weight point); error bars ±1.96 × uncertainty",
+                      height=320 * rows + 60, template="plotly_white",
+                      legend=dict(orientation="h", yanchor="top", y=-0.12, title="scope"))
     return fig
 
 

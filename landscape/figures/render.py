@@ -21,6 +21,20 @@ def _plane_title(results: Landscape) -> str:
             f"g(0,0)={results.origin['adv_loss'][0]:.3f}")
 
 
+def plane_axes(results: Landscape) -> dict:
+    """The names of a plane's two directions (`direction_label`) and, for principal directions, the
+    training trajectory's (epoch, alpha, beta) projections relative to the checkpoint at the centre."""
+    from landscape.core.directions import direction_label, found_at
+
+    d, e = results.directions[:2]
+    out: dict = {"xlabel": direction_label(d), "ylabel": direction_label(e)}
+    a, b = found_at(d).get("trajectory"), found_at(e).get("trajectory")
+    if a and b:
+        along_e = {int(ep): x for ep, x in b}
+        out["trajectory"] = [(int(ep), float(x), float(along_e[int(ep)])) for ep, x in a if int(ep) in along_e]
+    return out
+
+
 def _curves_png(results: Landscape, path: Path) -> list[Path]:
     from landscape.figures.curves import save_probe_png
 
@@ -33,7 +47,7 @@ def _plane_png(results: Landscape, path: Path) -> list[Path]:
 
     a, b, rel = results.grid.axis("alpha"), results.grid.axis("beta"), results.relative()[0]
     paths = [path.with_name(path.stem + "-contour.png"), path.with_name(path.stem + "-surface.png")]
-    save_contour_png(a, b, rel, paths[0], _plane_title(results))
+    save_contour_png(a, b, rel, paths[0], _plane_title(results), **plane_axes(results))
     save_surface_png(a, b, rel, paths[1], _plane_title(results))
     return paths
 
@@ -49,7 +63,7 @@ def _plane_html(results: Landscape):
 
     grids = {k: results.values[k][0] for k in ("adv_loss", "nat_loss", "adv_acc", "nat_acc")}
     return html_figure(results.grid.axis("alpha"), results.grid.axis("beta"), grids, results.relative()[0],
-                       _plane_title(results))
+                       _plane_title(results), **plane_axes(results))
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from awp.attacks import AttackConfig
 from awp.kernels import Kernels
+from awp.distributed import on_main
 from awp.stopping import stop_requested
 from awp.weights import snapshot
 from landscape.core import engine
 from landscape.core.points import evaluate_many
-from landscape.core.directions import DIRECTIONS, DirectionContext, build_direction
+from landscape.core.directions import DIRECTIONS, AtW, DirectionContext, build_direction, moved_names
 from landscape.pipeline import dist
 from landscape.pipeline.progress import PointBar
 from landscape.storage.results import FIELDS, Landscape
@@ -69,6 +70,9 @@ class _Current:
         self.base = snapshot(dict(self.model.named_parameters()))
         self.w_cpu = {n: t.to("cpu") for n, t in self.base.items()}  # directions come from CPU weights
         self.dirs: dict[int, dict[str, Tensor]] = {}
+        # what the kinds found from the loss at w (hessian, awp) need: the model there, batches, attack, BN mode
+        self.at_w = AtW(self.model, self.job.batches, self.job.attack, self.job.bn, self.job.bn_inputs)
+        self.cache: dict = {}  # shared by this checkpoint's directions (one Lanczos run for the top K)
         self.fixed = None
         if self.job.fixed_adv:  # the ablation: examples made once against w
             with engine.bn_mode(self.job.bn)(self.model, self.job.bn_inputs), self.job.kernels.autocast(self.device):
@@ -88,12 +92,52 @@ class _Current:
     def direction(self, k: int) -> dict[str, Tensor]:
         if k not in self.dirs:
             spec = self.results.directions[k]
-            ctx = DirectionContext(target=self._target, stored=self.results.stored.get((self.c, k)))
+            ctx = DirectionContext(target=self._target, stored=self.results.stored.get((self.c, k)), at_w=self.at_w,
+                                   cache=self.cache)
             d = build_direction(spec, self.w_cpu, ctx)  # Alg. 1 lines 2-7 for a random one
             if not DIRECTIONS.lookup(spec["kind"]).regenerable:
                 self.results.stored[(self.c, k)] = d
+            if ctx.found:  # e.g. the eigenvalue of a hessian direction: kept beside its spec, per checkpoint
+                # in new objects: the specs a caller passed (and its config may hold) stay as they were
+                specs = list(self.results.directions)
+                specs[k] = {**spec, "found": {**spec.get("found", {}), str(self.c): ctx.found}}
+                self.results.directions = specs
             self.dirs[k] = {n: t.to(self.base[n].device, self.base[n].dtype) for n, t in d.items()}
         return self.dirs[k]
+
+    def prepare(self, checkpoints: Sequence[int], ctx: dist.DistContext) -> bool:
+        """Find the directions that cannot be rebuilt from their spec (hessian, awp) before any point of
+        their checkpoint: on rank 0, sent to every other rank (all move along the same tensors) and kept
+        in the results, which the caller flushes, so a resume never searches again. Returns whether any
+        was found."""
+        found = False
+        for c in checkpoints:
+            for k, spec in enumerate(self.results.directions):
+                if DIRECTIONS.lookup(spec["kind"]).regenerable or (c, k) in self.results.stored:
+                    continue
+                on_main(ctx, lambda: self.at(c).direction(k))  # a UserError there stops every rank
+                if ctx.distributed:
+                    self._share(c, k, ctx)
+                found = True
+        return found
+
+    def _share(self, c: int, k: int, ctx: dist.DistContext) -> None:
+        """Rank 0's stored direction (c, k) on every rank: one broadcast of its flattened tensors."""
+        import torch.distributed as tdist
+
+        self.at(c)
+        names = moved_names(self.results.directions[k], self.w_cpu)
+        sizes = [self.w_cpu[n].numel() for n in names]
+        device = dist.comm_device(ctx)
+        if ctx.is_main:
+            d = self.results.stored[(c, k)]
+            flat = torch.cat([d[n].reshape(-1).to(torch.float32) for n in names]).to(device)
+        else:
+            flat = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+        tdist.broadcast(flat, src=0)
+        if not ctx.is_main:
+            parts = torch.split(flat.cpu(), sizes)
+            self.results.stored[(c, k)] = {n: p.reshape(self.w_cpu[n].shape).clone() for n, p in zip(names, parts)}
 
     def terms(self, flat: int | None) -> list[tuple[dict[str, Tensor], float]]:
         return [] if flat is None else [(self.direction(k), c) for k, c in self.results.grid.terms(flat)]
@@ -134,6 +178,8 @@ def compute(results: Landscape, job: Job, ctx: dist.DistContext, *, flush: Calla
     stored, width = 0, 4 + len(FIELDS)  # row: valid, checkpoint, is origin, flat index, fields
     t0 = time.perf_counter()
     try:
+        if current.prepare(sorted({c for c, _ in todo}), ctx) and ctx.is_main:
+            flush()  # the directions found (a Lanczos run, AWP's v) are kept before the first point
         with PointBar(len(todo), progress and ctx.is_main, describe) as bar:
             for r in range(rounds):
                 rows = torch.zeros((chunk, width), dtype=torch.float64)
