@@ -18,7 +18,7 @@ demo: venv
 	$(BIN)/landscape demo
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # two processes, each test file whole in one (its fixtures shared)
 
 # The benchmarks' own environment: the project plus the peer libraries it is compared with (torchattacks,
 # the Adversarial Robustness Toolbox), never dependencies of the project. torch is pinned to .venv's
