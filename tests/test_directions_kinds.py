@@ -130,7 +130,7 @@ def test_pca_probe_and_plot2d_on_a_run_file(run_file, tmp_path):
 
 
 def _examples_at_w(model, data, batch_size=20):
-    """The probe's own adversarial examples at w: its fixed batches and PGD, as `AtW` makes them."""
+    """The probe's own adversarial examples at w: its fixed batches and PGD, as `Objective.examples` makes them."""
     batches = engine.fixed_batches(data, batch_size, ATTACK, seed=0)
     xs = engine.adversarial_examples(model, batches, ATTACK)
     return [(x, b.y) for x, b in zip(xs, batches)]

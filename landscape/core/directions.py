@@ -16,15 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from awp.errors import UserError
 from awp.registry import Registry
 from landscape.core import engine, scope
+from landscape.core.objective import Objective
 
 Direction = dict[str, Tensor]  # parameter name -> tensor shaped like that parameter
 
@@ -110,31 +111,6 @@ def random_direction(
 Spec = Mapping[str, Any]  # {"kind": name, ...}: JSON, recorded in the results file
 
 
-class AtW:
-    """One checkpoint's model at its weights w, as the landscape measures it, for the kinds found from
-    the loss there (`hessian`, `awp`): the model (eval mode, on its device; the probe has frozen its
-    parameters), the fixed probe batches with their random starts, the attack run at every point and the
-    BN mode. Its adversarial examples at w (Alg. 1 lines 9-14: the probe's own PGD) are made once."""
-
-    def __init__(self, model: nn.Module, batches: Sequence[Any], attack: Any, bn: str = "eval",
-                 bn_inputs: Sequence[Tensor] = ()) -> None:
-        self.model, self.batches, self.attack = model, batches, attack
-        self.bn_name, self.bn_inputs = bn, bn_inputs
-        self._examples: list[tuple[Tensor, Tensor]] | None = None
-
-    def bn(self) -> ContextManager[None]:
-        """The BN statistics of the landscape's point w (`--bn`): w's own, or re-estimated there."""
-        return engine.bn_mode(self.bn_name)(self.model, self.bn_inputs)
-
-    def examples(self) -> list[tuple[Tensor, Tensor]]:
-        """[(x_adv, y)] per probe batch: PGD against w from each batch's fixed start, made once."""
-        if self._examples is None:
-            with self.bn():
-                xs = engine.adversarial_examples(self.model, self.batches, self.attack)
-            self._examples = [(x, b.y) for x, b in zip(xs, self.batches)]
-        return self._examples
-
-
 @dataclass(frozen=True)
 class DirectionContext:
     """What a kind may need besides the spec and w: the weights of another checkpoint named by its
@@ -145,7 +121,7 @@ class DirectionContext:
 
     target: Callable[[Mapping[str, Any]], Mapping[str, Tensor]] | None = None
     stored: Mapping[str, Tensor] | None = None
-    at_w: AtW | None = None
+    at_w: Objective | None = None
     cache: dict = field(default_factory=dict)
     found: dict = field(default_factory=dict)
 
@@ -262,7 +238,7 @@ def rescale(u: Mapping[str, Tensor], w: Mapping[str, Tensor], scale: str) -> Dir
             for n, t in u.items()}
 
 
-def _at_w(ctx: DirectionContext, kind: str) -> AtW:
+def _at_w(ctx: DirectionContext, kind: str) -> Objective:
     if ctx.at_w is None:
         raise UserError(f"a {kind} direction is found from the loss at w: it needs the model, the probe's batches "
                         f"and its attack (the landscape pipeline gives them)")
@@ -282,7 +258,7 @@ def _hessian(spec: Spec, w: Mapping[str, Tensor], ctx: DirectionContext) -> Dire
     key = json.dumps({k: v for k, v in spec.items() if k not in ("index", "found")}, sort_keys=True)
     if key not in ctx.cache:
         examples = at.examples()
-        with at.bn():
+        with at.bn_mode():
             op = HessianOperator(at.model, examples, names)
             ctx.cache[key] = top_eigenpairs(op, int(spec["top"]), str(spec.get("method", "lanczos")),
                                             int(spec.get("iters", 100)), float(spec.get("tol", 1e-4)),
@@ -305,7 +281,7 @@ def hessian_specs(top: int, seed: int, scale: str = "filter", include_bn: bool =
 # -- awp: the adversarial weight perturbation v of Eq. 10 at w
 
 
-def awp_perturbation(at: AtW, names: Sequence[str], cfg: Any) -> dict[str, Tensor]:
+def awp_perturbation(at: Objective, names: Sequence[str], cfg: Any) -> dict[str, Tensor]:
     """AWP's v at w on the probe batches (Algorithm 2 lines 4-13, from v = 0): `cfg.alternations` times,
     x' by the probe's PGD against w + v (the first time against w: `at.examples()`), then `cfg.steps`
     ascent steps of Eq. 10 (`awp.perturb.find_perturbation`, Eq. 15 included) on the mean adversarial
@@ -323,7 +299,7 @@ def awp_perturbation(at: AtW, names: Sequence[str], cfg: Any) -> dict[str, Tenso
     device = engine.model_device(model)
     total = sum(len(b.y) for b in at.batches)
     examples = at.examples()
-    with at.bn(), perturbed(params) as w, engine.grads_on(tensors):
+    with at.bn_mode(), perturbed(params) as w, engine.grads_on(tensors):
         v = zeros_like_params(params)
         for a in range(cfg.alternations):
             if a > 0:  # Alg. 2 lines 5-10: x' against w + v, where the last ascent left the model

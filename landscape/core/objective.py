@@ -26,14 +26,15 @@ Params = dict[str, Tensor]
 
 @dataclass
 class Objective:
-    """rho around w for the parameters `names`: the model (eval mode, on its device), the fixed probe
-    batches with their random starts (common random numbers at every point), the attack, and the BN
-    mode of each point's value (`--bn`; gradients and Hessians keep w's statistics)."""
+    """rho around w for the parameters `names` (None: every parameter): the model (eval mode, on its
+    device), the fixed probe batches with their random starts (common random numbers at every point),
+    the attack, and the BN mode of each point (`--bn`; the measures' gradients and Hessians keep w's
+    statistics). What the measures and the directions found from the loss at w (hessian, awp) share."""
 
     model: nn.Module
     batches: Sequence[engine.ProbeBatch]
     attack: AttackConfig
-    names: list[str]
+    names: list[str] | None = None
     bn: str = "eval"
     bn_inputs: Sequence[Tensor] = ()
     autocast: Callable[[], ContextManager[None]] | None = None  # --precision around every value (a fresh context each time)
@@ -42,10 +43,12 @@ class Objective:
 
     def __post_init__(self) -> None:
         self.params = dict(self.model.named_parameters())
+        self.names = list(self.params) if self.names is None else list(self.names)
         self.w = snapshot(self.params)
         self.device = engine.model_device(self.model)
         self.n = sum(len(b.y) for b in self.batches)
         self._rho0: dict[str, float] | None = None  # rho(w), asked for by every measure: computed once
+        self._examples: list[tuple[Tensor, Tensor]] | None = None  # x' at w, made once
 
     @property
     def centre(self) -> Params:
@@ -69,11 +72,21 @@ class Objective:
             self._rho0 = out
         return out
 
+    def bn_mode(self) -> ContextManager[None]:
+        """The BN statistics of the current point (`--bn`): w's own, or re-estimated there."""
+        return engine.bn_mode(self.bn)(self.model, self.bn_inputs)
+
     def examples(self, nu: Mapping[str, Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
-        """(x', y) per batch with x' by PGD against w + nu (Alg. 1 lines 9-14), on the model's device."""
-        with offset(self.params, [(nu, 1.0)] if nu else [], self.w):
+        """(x', y) per batch with x' by PGD against w + nu (Alg. 1 lines 9-14) under the BN mode, on the
+        model's device; at w (nu None) made once."""
+        if nu is None and self._examples is not None:
+            return self._examples
+        with offset(self.params, [(nu, 1.0)] if nu else [], self.w), self.bn_mode():
             adv = engine.adversarial_examples(self.model, self.batches, self.attack)
-        return [(x.to(self.device), b.y.to(self.device)) for x, b in zip(adv, self.batches)]
+        out = [(x.to(self.device), b.y.to(self.device)) for x, b in zip(adv, self.batches)]
+        if nu is None:
+            self._examples = out
+        return out
 
     def grad(self, nu: Mapping[str, Tensor] | None = None) -> Params:
         """The gradient in the scope's weights of the mean adversarial cross-entropy at w + nu, x' made by

@@ -21,7 +21,8 @@ from awp.stopping import stop_requested
 from awp.weights import snapshot
 from landscape.core import engine
 from landscape.core.points import evaluate_many
-from landscape.core.directions import DIRECTIONS, AtW, DirectionContext, build_direction, moved_names
+from landscape.core.directions import DIRECTIONS, DirectionContext, build_direction, moved_names
+from landscape.core.objective import Objective
 from landscape.pipeline import dist
 from landscape.pipeline.progress import PointBar
 from landscape.storage.results import FIELDS, Landscape
@@ -71,7 +72,7 @@ class _Current:
         self.w_cpu = {n: t.to("cpu") for n, t in self.base.items()}  # directions come from CPU weights
         self.dirs: dict[int, dict[str, Tensor]] = {}
         # what the kinds found from the loss at w (hessian, awp) need: the model there, batches, attack, BN mode
-        self.at_w = AtW(self.model, self.job.batches, self.job.attack, self.job.bn, self.job.bn_inputs)
+        self.at_w = Objective(self.model, self.job.batches, self.job.attack, None, self.job.bn, self.job.bn_inputs)
         self.cache: dict = {}  # shared by this checkpoint's directions (one Lanczos run for the top K)
         self.fixed = None
         if self.job.fixed_adv:  # the ablation: examples made once against w
