@@ -24,7 +24,7 @@ from landscape.core.measures import parse_measures
 from landscape.core.sharpness import SHARPNESS
 from landscape.storage.measures import MeasureResults
 from landscape.storage.results import Landscape, StaleResults
-from landscape.core.stats import MIN_UNITS, CorrelationTest, across_runs, holm, within_runs
+from landscape.core.stats import ALPHA, MIN_UNITS, NOT_SIGNIFICANT, CorrelationTest, across_runs, holm, within_runs
 
 
 
@@ -318,6 +318,15 @@ class MeasureRanking:
     tests: tuple[GapTests, ...]
     within_holm: tuple[float | None, ...]
     across_holm: tuple[float | None, ...]
+
+    def verdict(self, i: int, scope: str) -> str | None:
+        """Measure i's status in one scope ("within" or "across") after Holm: 'holds' / 'fails' only where
+        the adjusted p < 0.05; None where there is no test."""
+        test = getattr(self.tests[i], scope)
+        adj = (self.within_holm if scope == "within" else self.across_holm)[i]
+        if adj is None:
+            return None
+        return test.status if adj < ALPHA else NOT_SIGNIFICANT
 
     def order(self) -> list[int]:
         """Measures by the within-run adjusted p (untestable last), then by |rho| within runs, descending."""

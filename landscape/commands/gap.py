@@ -110,8 +110,7 @@ def print_ranking(r: MeasureRanking, console: Console) -> None:
         for sc in scopes:
             t, adj = getattr(r.tests[i], sc), (r.within_holm if sc == "within" else r.across_holm)[i]
             est, p = _cell(t)
-            verdict = "–" if adj is None else (t.status if adj < ALPHA else "not significant")
-            cells += [est, p, "–" if adj is None else f"{adj:.3g}", verdict]
+            cells += [est, p, "–" if adj is None else f"{adj:.3g}", r.verdict(i, sc) or "–"]
         table.add_row(*cells)
     console.print(table)
     reasons = dict.fromkeys(f"{t.scope}: {t.reason}" for pair in r.tests for t in pair if t.estimate is None)

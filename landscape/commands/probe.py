@@ -155,11 +155,6 @@ class Planned:
         return out
 
 
-def _parameters(source: Source) -> dict[str, torch.Tensor]:
-    """The first checkpoint's parameters, by name (CPU): names and shapes for scopes and fits."""
-    return {n: p.detach() for n, p in source.checkpoints[0].build(torch.device("cpu")).named_parameters()}
-
-
 def _scopes(kind: str, params: Mapping[str, torch.Tensor], globs: Sequence[str], per_layer: bool,
             include_bn: bool) -> list[tuple[str | None, list[str]]]:
     """[(block or None, parameter names)]: the one scope of the globs (every parameter without them), or
@@ -233,7 +228,7 @@ def plan_directions(cfg: LandscapeOptions, source: Source, kind: str, n: int, *,
     seed, include_bn = cfg.seed, cfg.include_bn
     if kind == "random" and not globs and not per_layer:
         return Planned(random_specs(n, seed, cfg.normalize, include_bn))  # Alg. 1 lines 2-7; nothing to load
-    params = _parameters(source)
+    params = source.parameters()
     if kind == "interpolate":
         ident, build = _interpolation_target(cfg, to, source)
         check_fits({name: p for name, p in build(torch.device("cpu")).named_parameters()}, params, f"the target {ident.label}")

@@ -121,13 +121,13 @@ def ranking_table(r: MeasureRanking) -> str:
         name = r.measures[i]
         kind = MEASURES.get(name)
         cells = ""
-        for t, adj in ((r.tests[i].within, r.within_holm[i]), (r.tests[i].across, r.across_holm[i])):
+        for sc, adj in (("within", r.within_holm[i]), ("across", r.across_holm[i])):
+            t = getattr(r.tests[i], sc)
             if t.estimate is None:
                 cells += f"<td colspan=3 class=note>{html.escape(t.reason or '')}</td>"
             else:
-                verdict = t.status if adj is not None and adj < ALPHA else "not significant"
                 cells += (f"<td class=num>{html.escape(str(t.estimate))}</td><td class=num>{t.p:.3g} / {adj:.3g}</td>"
-                          f"<td>{verdict}</td>")
+                          f"<td>{r.verdict(i, sc)}</td>")
         inv = "–" if kind is None else ("yes" if kind.invariant else "no")
         rows += f"<tr><td class=num>{rank}</td><td>{html.escape(name)}</td>{cells}<td>{inv}</td></tr>"
     return (f"<h3>{html.escape(r.setting)}</h3><table><tr><th>rank</th><th>measure</th><th>within runs: Spearman [95%]</th>"

@@ -28,7 +28,7 @@ from landscape.core.objective import Objective
 from landscape.core.scope import parse_globs, scopes as make_scopes
 from landscape.pipeline.progress import PointBar
 from landscape.storage.measures import FORMAT, MeasureResults
-from landscape.storage.results import refuse_if_stale
+from landscape.storage.results import refuse_if_stale, weights_differ
 from landscape.storage.sources import Source, open_source
 
 
@@ -82,12 +82,6 @@ def check_outputs(cfg: SharpnessConfig) -> tuple[Path, Path, str]:
     return out, png, tag
 
 
-def parameter_names(source: Source) -> dict[str, torch.Size]:
-    """{name: shape} of the model's parameters (from the first checkpoint, built on the CPU)."""
-    model = source.checkpoints[0].build(torch.device("cpu"))
-    return {n: p.shape for n, p in model.named_parameters()}
-
-
 def resolve_scopes(shapes: dict[str, torch.Size], params: str | None = None, per_layer: bool = False,
                    include_bn: bool = False) -> dict[str, list[str]]:
     """The scopes to measure over, each restricted to the parameters the measures move: weights with
@@ -104,7 +98,8 @@ def resolve_scopes(shapes: dict[str, torch.Size], params: str | None = None, per
 
 
 def fresh_results(cfg: SharpnessConfig, source: Source, attack) -> MeasureResults:
-    scopes = resolve_scopes(parameter_names(source), cfg.params, cfg.per_layer, cfg.include_bn)
+    shapes = {n: p.shape for n, p in source.parameters().items()}
+    scopes = resolve_scopes(shapes, cfg.params, cfg.per_layer, cfg.include_bn)
     config = json.loads(json.dumps({
         "command": "sharpness", "checkpoint": str(source.path), "kind": source.kind, "arch": source.arch,
         "dataset": source.dataset, "epochs": [c.ident.epoch for c in source.checkpoints],
@@ -119,10 +114,7 @@ def open_or_resume(out: Path, fresh: MeasureResults, overwrite: bool) -> Measure
     if not out.exists() or overwrite:
         return fresh
     old = MeasureResults.load(out)
-    now = [(c.epoch, c.sha256) for c in fresh.checkpoints]
-    was = [(c.epoch, c.sha256) for c in old.checkpoints]
-    extra = [] if now == was else ["weights"]
-    refuse_if_stale(out, old.config, fresh.config, extra)
+    refuse_if_stale(out, old.config, fresh.config, weights_differ(old.checkpoints, fresh.checkpoints))
     return old
 
 
@@ -137,9 +129,8 @@ def run_sharpness(cfg: SharpnessConfig, console: Console | None = None) -> Measu
         results = open_or_resume(out, fresh_results(cfg, source, attack), cfg.overwrite)
         results.runtime.update(device=str(device), awp=__version__, torch=torch.__version__)
         results.save(out)
-        todo = results.pending()
-        if todo:
-            compute(results, cfg, source, attack, device, todo, flush=lambda: results.save(out))
+        if results.pending():
+            compute(results, cfg, source, attack, device, flush=lambda: results.save(out))
     with signed(tag):
         from landscape.figures import measures as fig
 
@@ -150,7 +141,7 @@ def run_sharpness(cfg: SharpnessConfig, console: Console | None = None) -> Measu
 
 
 def compute(results: MeasureResults, cfg: SharpnessConfig, source: Source, attack, device: torch.device,
-            todo: list[tuple[int, int, int]], flush) -> None:
+            flush) -> None:
     """The pending values of `results` for the checkpoints of `source` (`measure_pending`)."""
     kernels = cfg.kernels
     kernels.check(device)

@@ -50,7 +50,53 @@ def _list_names(names: Sequence[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-class HessianOperator:
+class ParamsOperator:
+    """A linear map on name-keyed dicts of tensors shaped like `params` (the centre w of `names`): the
+    flattening the trace and eigenvalue estimators work on. A subclass gives `matvec`."""
+
+    def _set_params(self, names: list[str], params: Params) -> None:
+        self.names = names
+        self.params = params
+        self.device = self.params[names[0]].device
+        self._shapes = [self.params[n].shape for n in names]
+        self._numels = [self.params[n].numel() for n in names]
+        self.dim = sum(self._numels)
+
+    def matvec(self, v: Params) -> Params:
+        raise NotImplementedError
+
+    def _check(self, v: Params) -> None:
+        missing = [n for n in self.names if n not in v]
+        if missing:
+            raise UserError(f"the vector lacks parameter {missing[0]!r}; it needs every name of the operator: "
+                            f"{_list_names(self.names)}")
+
+    def flatten(self, v: Params) -> Tensor:
+        """v as one vector [dim] on the params' device, the parameters in the order of `names`."""
+        self._check(v)
+        return torch.cat([v[n].reshape(-1).to(self.device) for n in self.names])
+
+    def unflatten(self, flat: Tensor) -> Params:
+        """A vector [dim] back into name-keyed tensors of the params' shapes, devices and dtypes."""
+        if flat.shape != (self.dim,):
+            raise UserError(f"a flat vector of shape {tuple(flat.shape)} given; the operator needs ({self.dim},)")
+        parts = torch.split(flat, self._numels)
+        return {n: part.reshape(shape).to(device=self.params[n].device, dtype=self.params[n].dtype)
+                for n, part, shape in zip(self.names, parts, self._shapes)}
+
+    def flat_apply(self) -> tuple[FlatApply, list[int]]:
+        """(apply, count): apply maps a float64 vector [dim] to H times it in float64 on the params'
+        device; count[0] counts its calls."""
+        count = [0]
+
+        def apply(flat: Tensor) -> Tensor:
+            count[0] += 1
+            return self.flatten(self.matvec(self.unflatten(flat))).to(torch.float64)
+
+        return apply, count
+
+
+class HessianOperator(ParamsOperator):
     """H of the mean cross-entropy over `examples` w.r.t. the parameters `names` of `model` (eval mode,
     current values): a linear map on name-keyed dicts, applied by HVPs, never stored."""
 
@@ -80,13 +126,8 @@ class HessianOperator:
 
         self._model = model
         self._examples = examples
-        self.names = names
         # The centre w: a copy, so the operator stays at w whatever later happens to the model.
-        self.params: Params = {n: available[n].detach().clone() for n in names}
-        self.device = self.params[names[0]].device
-        self._shapes = [self.params[n].shape for n in names]
-        self._numels = [self.params[n].numel() for n in names]
-        self.dim = sum(self._numels)
+        self._set_params(names, {n: available[n].detach().clone() for n in names})
 
     def _batch_loss(self, x: Tensor, y: Tensor) -> Callable[[Params], Tensor]:
         """p -> this batch's share of the mean loss: sum of its cross-entropies / all examples, so the
@@ -118,12 +159,6 @@ class HessianOperator:
                     out[n] += hv[n]
         return out
 
-    def _check(self, v: Params) -> None:
-        missing = [n for n in self.names if n not in v]
-        if missing:
-            raise UserError(f"the vector lacks parameter {missing[0]!r}; it needs every name of the operator: "
-                            f"{_list_names(self.names)}")
-
     def loss(self) -> float:
         """The mean cross-entropy at w over all examples (for reports)."""
         total = 0.0
@@ -131,30 +166,6 @@ class HessianOperator:
             for x, y in self._batches():
                 total += float(self._batch_loss(x, y)(self.params))
         return total
-
-    def flatten(self, v: Params) -> Tensor:
-        """v as one vector [dim] on the params' device, the parameters in the order of `names`."""
-        self._check(v)
-        return torch.cat([v[n].reshape(-1).to(self.device) for n in self.names])
-
-    def unflatten(self, flat: Tensor) -> Params:
-        """A vector [dim] back into name-keyed tensors of the params' shapes, devices and dtypes."""
-        if flat.shape != (self.dim,):
-            raise UserError(f"a flat vector of shape {tuple(flat.shape)} given; the operator needs ({self.dim},)")
-        parts = torch.split(flat, self._numels)
-        return {n: part.reshape(shape).to(device=self.params[n].device, dtype=self.params[n].dtype)
-                for n, part, shape in zip(self.names, parts, self._shapes)}
-
-    def flat_apply(self) -> tuple[FlatApply, list[int]]:
-        """(apply, count): apply maps a float64 vector [dim] to H times it in float64 on the params'
-        device; count[0] counts its calls."""
-        count = [0]
-
-        def apply(flat: Tensor) -> Tensor:
-            count[0] += 1
-            return self.flatten(self.matvec(self.unflatten(flat))).to(torch.float64)
-
-        return apply, count
 
 
 # ---------------------------------------------------------------------------------------------------

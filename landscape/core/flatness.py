@@ -51,11 +51,10 @@ def gaussian(objective: Objective, seed: int, k: int, stream: str) -> Params:
     return out
 
 
-def _difference_se(rho_k: list[dict], rho0: dict) -> float:
-    """se of a mean of rho(w + nu_k) - rho(w) over examples and draws: the draw spread / sqrt(n) plus
-    the example noise of the points (mean of their variances) and of rho(w), conservatively added
+def _difference_se(diffs: np.ndarray, rho_k: list[dict], rho0: dict) -> float:
+    """se of the mean of diffs_k = rho(w + nu_k) - rho(w) over examples and draws: the draw spread / sqrt(n)
+    plus the example noise of the points (mean of their variances) and of rho(w), conservatively added
     (the same rule as `landscape.core.sharpness.mean_curve`)."""
-    diffs = np.array([r["adv_loss"] - rho0["adv_loss"] for r in rho_k])
     var = np.mean([r["adv_loss_se"] ** 2 for r in rho_k]) + rho0["adv_loss_se"] ** 2
     if len(diffs) > 1:
         var += diffs.var(ddof=1) / len(diffs)
@@ -66,8 +65,8 @@ def average_case(objective: Objective, draw: Callable[[int], Params], draws: int
     """E_k rho(w + nu_k) - rho(w) over `draws` perturbations nu_k = draw(k), with its `_difference_se`."""
     rho0 = objective.rho()
     rho_k = [objective.rho(draw(k)) for k in range(draws)]
-    diffs = [r["adv_loss"] - rho0["adv_loss"] for r in rho_k]
-    return Value(float(np.mean(diffs)), _difference_se(rho_k, rho0),
+    diffs = np.array([r["adv_loss"] - rho0["adv_loss"] for r in rho_k])
+    return Value(float(diffs.mean()), _difference_se(diffs, rho_k, rho0),
                  {"rho0": rho0["adv_loss"], "draws": draws, "spread": float(np.std(diffs, ddof=1)) if draws > 1 else math.nan})
 
 
@@ -90,8 +89,8 @@ def robust_flatness_average(objective: Objective, *, xi: float, draws: int, seed
 
 def worst_case(objective: Objective, step: Callable[[Params, Params], Params], steps: int) -> Value:
     """max_nu rho(w + nu) - rho(w) by `steps` of projected ascent nu <- step(nu, g) with g the gradient at
-    w + nu, x' re-made there each time (a joint weight-and-input attack); the value is rho at the last nu
-    with PGD run afresh, a lower bound of the maximum. se: over examples, the two points taken as independent."""
+    w + nu, x' re-made there each time (a joint weight-and-input attack); the value is the highest rho
+    seen at the steps' points, each with PGD run afresh: a lower bound of the maximum. se: over examples, the two points taken as independent."""
     rho0 = objective.rho()
     nu = objective.zeros()
     best, best_nu = rho0, nu
@@ -107,7 +106,7 @@ def worst_case(objective: Objective, step: Callable[[Params, Params], Params], s
 
 def robust_flatness_worst(objective: Objective, *, xi: float, steps: int) -> Value:
     """Stutz et al.'s worst-case robust flatness over ||nu_l|| <= xi ||w_l||: Eq. 10 steps of size
-    eta = xi / steps relative to ||w_l||, projected by Eq. 15 with gamma = xi (AWP's own ascent)."""
+    eta = 2 xi / steps relative to ||w_l||, projected by Eq. 15 with gamma = xi (AWP's own ascent)."""
     names = objective.names
     w_norms = layer_norms([objective.w[n] for n in names])
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from awp.attacks import AttackConfig, model_mode, pgd
 from awp.weights import offset, snapshot
 from landscape.core import engine
+from landscape.core.curvature import ParamsOperator
 
 Params = dict[str, Tensor]
 
@@ -106,7 +107,7 @@ class Objective:
         return {n: t / self.n for n, t in zip(self.names, total)}
 
 
-class ReattackedHessian:
+class ReattackedHessian(ParamsOperator):
     """H v of the robust loss itself, x' re-made at every weight point: central differences of the
     re-attacked gradient, (g(w + t v) - g(w - t v)) / (2 t), t = h ||w|| / ||v|| over the scope. The
     same interface as `landscape.core.curvature.HessianOperator` (a symmetric H only approximately:
@@ -114,35 +115,11 @@ class ReattackedHessian:
 
     def __init__(self, objective: Objective, h: float = 1e-3) -> None:
         self.objective, self.h = objective, h
-        self.names = list(objective.names)
-        self.params = objective.centre
-        self.device = objective.device
-        self.dim = sum(t.numel() for t in self.params.values())
+        self._set_params(list(objective.names), objective.centre)
         self._w_norm = float(torch.sqrt(sum(t.double().square().sum() for t in self.params.values())))
-
-    def flatten(self, v: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([v[n].reshape(-1) for n in self.names])
-
-    def unflatten(self, flat: Tensor) -> Params:
-        out, i = {}, 0
-        for n in self.names:
-            k = self.params[n].numel()
-            out[n] = flat[i : i + k].view_as(self.params[n]).to(self.params[n].dtype)
-            i += k
-        return out
 
     def loss(self) -> float:
         return self.objective.rho()["adv_loss"]
-
-    def flat_apply(self):
-        """(apply, count) as `HessianOperator.flat_apply`: float64 [dim] -> H times it, and its call count."""
-        count = [0]
-
-        def apply(flat: Tensor) -> Tensor:
-            count[0] += 1
-            return self.flatten(self.matvec(self.unflatten(flat))).to(torch.float64)
-
-        return apply, count
 
     def matvec(self, v: Mapping[str, Tensor]) -> Params:
         v_norm = float(torch.sqrt(sum(t.double().square().sum() for t in v.values())))

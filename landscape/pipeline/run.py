@@ -19,7 +19,7 @@ from awp.safeio import exclusive, signed
 from awp.stopping import graceful_stop
 from landscape.pipeline import dist
 from landscape.pipeline.compute import Job, compute
-from landscape.storage.results import Landscape, refuse_if_stale
+from landscape.storage.results import Landscape, refuse_if_stale, weights_differ
 
 
 @dataclass
@@ -56,11 +56,7 @@ def open_or_resume(out: Path | None, fresh: Landscape, overwrite: bool = False, 
     except UserError:
         raise UserError(f"{str(out)!r} exists and is not a landscape results file; choose another -o or pass --overwrite") from None
     old.check_resumable(out)
-    now = [(c.epoch, c.sha256) for c in fresh.checkpoints]
-    was = [(c.epoch, c.sha256) for c in old.checkpoints]
-    extra = [] if now == was else [f"weights (file: {', '.join(c.label for c in old.checkpoints[:3])}, "
-                                   f"now: {', '.join(c.label for c in fresh.checkpoints[:3])})"]
-    refuse_if_stale(out, old.config, fresh.config, extra, view_keys)
+    refuse_if_stale(out, old.config, fresh.config, weights_differ(old.checkpoints, fresh.checkpoints), view_keys)
     old.config = fresh.config  # a new view key (e.g. --radius) only changes how the numbers are shown
     return old
 

@@ -127,6 +127,14 @@ def _short(v: Any) -> str:
     return repr(v)
 
 
+def weights_differ(was: list[CheckpointId], now: list[CheckpointId]) -> list[str]:
+    """[] when a resumed file holds the same checkpoints (epochs and weights) as now, else one difference
+    for `refuse_if_stale`, naming the first few of each side."""
+    if [(c.epoch, c.sha256) for c in now] == [(c.epoch, c.sha256) for c in was]:
+        return []
+    return [f"weights (file: {', '.join(c.label for c in was[:3])}, now: {', '.join(c.label for c in now[:3])})"]
+
+
 def refuse_if_stale(out: Path, stored: Mapping[str, Any], new: Mapping[str, Any], extra: list[str] = (),
                     ignore: tuple[str, ...] = ()) -> None:
     """Raise `StaleResults` naming every differing config key (and `extra` differences, e.g. weights),

@@ -48,6 +48,10 @@ class Source:
     train_attack: AttackConfig | None  # None: the file does not say (a foreign .pt)
     datasets: Callable[[], tuple[Dataset, Dataset]]  # (exact training set, test set), unaugmented
 
+    def parameters(self) -> dict[str, Tensor]:
+        """The first checkpoint's parameters by name, built on the CPU: names and shapes for scopes and fits."""
+        return {n: p.detach() for n, p in self.checkpoints[0].build(torch.device("cpu")).named_parameters()}
+
 
 def _check_same(name: str, given: str | None, stored: str, path: Path) -> None:
     if given is not None and given != stored:
