@@ -389,6 +389,8 @@ ROWS: list[Row] = [
     Row("sharpness-bad-reattack", VALUE, cmd("sharpness", "run.h5", "--hessian-reattack", "maybe"), ("--hessian-reattack", "maybe")),
     Row("sharpness-workers", VALUE, cmd("sharpness", "run.h5", "--workers", "2"), ("--workers 2", "one process")),
     Row("sharpness-o-is-input", SAME, cmd("sharpness", "run.h5", "-o", "run.h5", "--overwrite"), ("run.h5",)),
+    Row("sharpness-png-is-input", SAME, cmd("sharpness", "run.h5", "--png", "run.h5"), ("run.h5",)),
+    Row("sharpness-png-is-results", VALUE, cmd("sharpness", "run.h5", "-o", "s.h5", "--png", "s.h5"), ("s.h5", "results file")),
     Row("sharpness-o-existing-probe", EXISTS, cmd("sharpness", "run.h5", "-o", "p2d.h5"), ("p2d.h5",)),
     Row("gap-unknown-measure", VALUE, cmd("gap", "run.h5", "--measures", "flatness"), ("flatness", "flatness-avg")),
 ]
